@@ -1,0 +1,504 @@
+"""
+The daemon's configuration: one TOML file, validated once into frozen classes.
+
+Every error names the key it is about (``operator[0].bind[1].port``) and what
+is wrong with it, so an operator can fix the file without reading code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from p2a_connector.smpp_status import status_code
+
+ALPHABETS = ("gsm7", "latin1", "ascii")
+BIND_MODES = ("receiver", "transceiver")
+# Temporary statuses an SMSC is expected to retry.  ESME_RX_P_APPN is
+# permanent and would make the SMSC discard the message, so it is not here.
+BUSY_STATUSES = ("ESME_RX_T_APPN", "ESME_RTHROTTLED", "ESME_RMSGQFUL", "ESME_RSYSERR")
+
+
+class ConfigError(Exception):
+    """The configuration file is unusable; the message says where and why."""
+
+
+@attrs.frozen
+class BindConfig:
+    """One SMPP bind to one SMSC endpoint."""
+
+    name: str
+    operator: str
+    host: str
+    port: int
+    system_id: str
+    password: str
+    mode: str = "transceiver"
+    system_type: str = ""
+    addr_ton: int = 0
+    addr_npi: int = 0
+    address_range: str = ""
+    tls: bool = False
+    tls_verify: bool = True
+    bind_timeout: float = 10.0
+    enquire_link_interval: float = 30.0
+    enquire_link_timeout: float = 10.0
+    reconnect_initial: float = 1.0
+    reconnect_max: float = 60.0
+    window: int = 64
+    busy_status: int = status_code("ESME_RX_T_APPN")
+    unbind_timeout: float = 5.0
+    max_pdu_size: int = 65536
+
+
+@attrs.frozen
+class OperatorConfig:
+    """A mobile operator: its binds, its default webhook and text defaults."""
+
+    name: str
+    webhook: str
+    binds: tuple[BindConfig, ...]
+    alphabet: str = "gsm7"
+
+
+@attrs.frozen
+class WebhookConfig:
+    """Where events go and how they are signed."""
+
+    name: str
+    url: str
+    secrets: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout: float = 15.0
+    concurrency: int = 8
+    insecure: bool = False
+
+
+@attrs.frozen
+class RouteConfig:
+    """Destination address (exact, or a prefix ending in ``*``) to webhook."""
+
+    match: str
+    webhook: str
+    operator: str | None = None
+
+    def matches(self, operator: str, destination: str) -> bool:
+        if self.operator is not None and self.operator != operator:
+            return False
+        if self.match.endswith("*"):
+            return destination.startswith(self.match[:-1])
+        return destination == self.match
+
+
+@attrs.frozen
+class SpoolConfig:
+    backend: str = "sqlite"
+    path: str = "var/spool.db"
+    max_pending: int = 100_000
+    commit_interval: float = 0.002
+
+
+@attrs.frozen
+class ReassemblyConfig:
+    timeout: float = 600.0
+    check_interval: float = 5.0
+
+
+@attrs.frozen
+class LogConfig:
+    format: str = "text"
+    level: str = "info"
+
+
+@attrs.frozen
+class Config:
+    spool: SpoolConfig
+    reassembly: ReassemblyConfig
+    log: LogConfig
+    webhooks: tuple[WebhookConfig, ...]
+    operators: tuple[OperatorConfig, ...]
+    routes: tuple[RouteConfig, ...] = ()
+    shutdown_timeout: float = 10.0
+
+    def webhook(self, name: str) -> WebhookConfig:
+        for webhook in self.webhooks:
+            if webhook.name == name:
+                return webhook
+        raise KeyError(name)
+
+    def operator(self, name: str) -> OperatorConfig:
+        for operator in self.operators:
+            if operator.name == name:
+                return operator
+        raise KeyError(name)
+
+    def route(self, operator: str, destination: str) -> str:
+        """The webhook name for a message to ``destination`` via ``operator``."""
+        exact = [r for r in self.routes if not r.match.endswith("*")]
+        prefixes = sorted(
+            (r for r in self.routes if r.match.endswith("*")),
+            key=lambda r: len(r.match),
+            reverse=True,
+        )
+        for route in [*exact, *prefixes]:
+            if route.matches(operator, destination):
+                return route.webhook
+        return self.operator(operator).webhook
+
+
+# --- loading -------------------------------------------------------------
+
+
+class _Section:
+    """A TOML table with its dotted location, for precise error messages."""
+
+    def __init__(self, data: Any, where: str, base: Path):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a table")
+        self.data = dict(data)
+        self.where = where
+        self.base = base
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(self, name: str, kind: type | tuple, default: Any = attrs.NOTHING) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            if default is attrs.NOTHING:
+                raise ConfigError(f"{self.key(name)}: required key is missing")
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ConfigError(f"{self.key(name)}: expected {_kind_name(kinds)}")
+        if not isinstance(value, kinds):
+            raise ConfigError(
+                f"{self.key(name)}: expected {_kind_name(kinds)}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        return value
+
+    def positive(self, name: str, kind: type, default: Any) -> Any:
+        value = self.get(name, kind, default)
+        if value <= 0:
+            raise ConfigError(f"{self.key(name)}: must be greater than 0, got {value}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(name, str, default)
+        if value not in choices:
+            raise ConfigError(
+                f"{self.key(name)}: {value!r} is not one of {', '.join(choices)}"
+            )
+        return value
+
+    def secret(self, name: str, file_key: str) -> str:
+        """An inline secret, or the stripped contents of the file named."""
+        inline = self.get(name, str, None)
+        path = self.get(file_key, str, None)
+        if inline is not None and path is not None:
+            raise ConfigError(f"{self.key(name)}: give {name} or {file_key}, not both")
+        if path is not None:
+            return _read_secret(self.key(file_key), self.base / path)
+        if inline is None:
+            raise ConfigError(f"{self.key(name)}: required key is missing")
+        return inline
+
+    def tables(self, name: str) -> list[_Section]:
+        self.used.add(name)
+        value = self.data.get(name, [])
+        if not isinstance(value, list):
+            raise ConfigError(
+                f"{self.key(name)}: expected an array of tables [[{name}]]"
+            )
+        return [
+            _Section(item, f"{self.key(name)}[{index}]", self.base)
+            for index, item in enumerate(value)
+        ]
+
+    def table(self, name: str) -> _Section:
+        self.used.add(name)
+        return _Section(self.data.get(name, {}), self.key(name), self.base)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {name: f.default for name, f in attrs.fields_dict(cls).items()}
+
+
+def _kind_name(kinds: tuple) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+    }
+    names.update({list: "an array", dict: "a table"})
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _read_secret(key: str, path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a configuration file; raise ConfigError if unusable."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(raw, base=path.parent)
+
+
+def parse(raw: dict, base: Path = Path(".")) -> Config:
+    """Validate an already-parsed TOML document."""
+    root = _Section(raw, "", base)
+    spool = _spool(root.table("spool"))
+    reassembly = _reassembly(root.table("reassembly"))
+    log = _log(root.table("log"))
+    webhooks = tuple(_webhook(s) for s in root.tables("webhook"))
+    operators = tuple(_operator(s) for s in root.tables("operator"))
+    routes = tuple(_route(s) for s in root.tables("route"))
+    shutdown_timeout = root.positive("shutdown_timeout", float, 10.0)
+    root.finish()
+
+    if not webhooks:
+        raise ConfigError("webhook: at least one [[webhook]] is required")
+    if not operators:
+        raise ConfigError("operator: at least one [[operator]] is required")
+    _unique("webhook", [w.name for w in webhooks])
+    _unique("operator", [o.name for o in operators])
+    _unique("operator.bind", [b.name for o in operators for b in o.binds])
+
+    names = {w.name for w in webhooks}
+    for index, operator in enumerate(operators):
+        if operator.webhook not in names:
+            raise ConfigError(
+                f"operator[{index}].webhook: no [[webhook]] named {operator.webhook!r}"
+            )
+    operator_names = {o.name for o in operators}
+    for index, route in enumerate(routes):
+        if route.webhook not in names:
+            raise ConfigError(
+                f"route[{index}].webhook: no [[webhook]] named {route.webhook!r}"
+            )
+        if route.operator is not None and route.operator not in operator_names:
+            raise ConfigError(
+                f"route[{index}].operator: no [[operator]] named {route.operator!r}"
+            )
+
+    return Config(
+        spool=spool,
+        reassembly=reassembly,
+        log=log,
+        webhooks=webhooks,
+        operators=operators,
+        routes=routes,
+        shutdown_timeout=shutdown_timeout,
+    )
+
+
+def _unique(where: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"{where}: the name {name!r} is used twice")
+        seen.add(name)
+
+
+def _spool(s: _Section) -> SpoolConfig:
+    sd = _defaults(SpoolConfig)
+    backend = s.choice("backend", ("sqlite",), "sqlite")
+    path = s.get("path", str, sd["path"])
+    config = SpoolConfig(
+        backend=backend,
+        path=path,
+        max_pending=s.positive("max_pending", int, sd["max_pending"]),
+        commit_interval=s.get("commit_interval", float, sd["commit_interval"]),
+    )
+    s.finish()
+    return config
+
+
+def _reassembly(s: _Section) -> ReassemblyConfig:
+    rd = _defaults(ReassemblyConfig)
+    config = ReassemblyConfig(
+        timeout=s.positive("timeout", float, rd["timeout"]),
+        check_interval=s.positive("check_interval", float, 5.0),
+    )
+    s.finish()
+    return config
+
+
+def _log(s: _Section) -> LogConfig:
+    config = LogConfig(
+        format=s.choice("format", ("text", "json"), "text"),
+        level=s.choice("level", ("debug", "info", "warn", "error"), "info"),
+    )
+    s.finish()
+    return config
+
+
+def _webhook(s: _Section) -> WebhookConfig:
+    name = s.get("name", str)
+    url = s.get("url", str)
+    insecure = s.get("insecure", bool, False)
+    _check_url(s.key("url"), url, insecure)
+
+    secrets = list(s.get("secrets", list, []))
+    for index, path in enumerate(s.get("secret_files", list, [])):
+        if not isinstance(path, str):
+            raise ConfigError(f"{s.key('secret_files')}[{index}]: expected a string")
+        secrets.append(_read_secret(f"{s.key('secret_files')}[{index}]", s.base / path))
+    if not secrets:
+        raise ConfigError(f"{s.key('secrets')}: at least one secret is required")
+    for index, secret in enumerate(secrets):
+        if not isinstance(secret, str) or not secret.startswith("whsec_"):
+            raise ConfigError(
+                f"{s.key('secrets')}[{index}]: a secret must be a string "
+                "in the whsec_ form (whsec_ followed by base64)"
+            )
+        _check_secret(f"{s.key('secrets')}[{index}]", secret)
+
+    headers = s.get("headers", dict, {})
+    for header, value in headers.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{s.key('headers')}.{header}: expected a string")
+
+    wd = _defaults(WebhookConfig)
+    config = WebhookConfig(
+        name=name,
+        url=url,
+        secrets=tuple(secrets),
+        headers=tuple(sorted(headers.items())),
+        timeout=s.positive("timeout", float, wd["timeout"]),
+        concurrency=s.positive("concurrency", int, wd["concurrency"]),
+        insecure=insecure,
+    )
+    s.finish()
+    return config
+
+
+def _check_secret(key: str, secret: str) -> None:
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(secret[len("whsec_") :], validate=True)
+    except binascii.Error:
+        raise ConfigError(f"{key}: the part after whsec_ is not valid base64") from None
+    if len(raw) < 16:
+        raise ConfigError(f"{key}: the secret is shorter than 16 bytes")
+
+
+def _check_url(key: str, url: str, insecure: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key}: {url!r} is not an http:// or https:// URL")
+    if parts.scheme == "http" and not insecure and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            f"{key}: plain http:// is allowed only to loopback addresses; "
+            "use https:// or set insecure = true for this webhook"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _operator(s: _Section) -> OperatorConfig:
+    name = s.get("name", str)
+    webhook = s.get("webhook", str)
+    alphabet = s.choice("alphabet", ALPHABETS, "gsm7")
+    binds = tuple(_bind(b, name, index) for index, b in enumerate(s.tables("bind")))
+    if not binds:
+        raise ConfigError(
+            f"{s.key('bind')}: at least one [[operator.bind]] is required"
+        )
+    s.finish()
+    return OperatorConfig(name=name, webhook=webhook, binds=binds, alphabet=alphabet)
+
+
+def _bind(s: _Section, operator: str, index: int) -> BindConfig:
+    port = s.get("port", int)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{s.key('port')}: {port} is not a TCP port")
+    system_id = s.get("system_id", str)
+    if len(system_id) > 15:
+        raise ConfigError(f"{s.key('system_id')}: longer than SMPP's 15 characters")
+    password = s.secret("password", "password_file")
+    if len(password) > 8:
+        raise ConfigError(f"{s.key('password')}: longer than SMPP's 8 characters")
+    d = _defaults(BindConfig)
+    busy = s.choice("busy_status", BUSY_STATUSES, "ESME_RX_T_APPN")
+    config = BindConfig(
+        name=s.get("name", str, f"{operator}-{index}"),
+        operator=operator,
+        host=s.get("host", str),
+        port=port,
+        system_id=system_id,
+        password=password,
+        mode=s.choice("mode", BIND_MODES, d["mode"]),
+        system_type=s.get("system_type", str, ""),
+        addr_ton=s.get("addr_ton", int, 0),
+        addr_npi=s.get("addr_npi", int, 0),
+        address_range=s.get("address_range", str, ""),
+        tls=s.get("tls", bool, False),
+        tls_verify=s.get("tls_verify", bool, True),
+        bind_timeout=s.positive("bind_timeout", float, d["bind_timeout"]),
+        enquire_link_interval=s.positive(
+            "enquire_link_interval", float, d["enquire_link_interval"]
+        ),
+        enquire_link_timeout=s.positive(
+            "enquire_link_timeout", float, d["enquire_link_timeout"]
+        ),
+        reconnect_initial=s.positive(
+            "reconnect_initial", float, d["reconnect_initial"]
+        ),
+        reconnect_max=s.positive("reconnect_max", float, d["reconnect_max"]),
+        window=s.positive("window", int, d["window"]),
+        busy_status=status_code(busy),
+        unbind_timeout=s.positive("unbind_timeout", float, d["unbind_timeout"]),
+        max_pdu_size=s.positive("max_pdu_size", int, d["max_pdu_size"]),
+    )
+    if config.max_pdu_size < 65536:
+        raise ConfigError(f"{s.key('max_pdu_size')}: must be at least 65536")
+    s.finish()
+    return config
+
+
+def _route(s: _Section) -> RouteConfig:
+    match = s.get("match", str)
+    if "*" in match[:-1]:
+        raise ConfigError(f"{s.key('match')}: '*' may only end a prefix, as in '4477*'")
+    config = RouteConfig(
+        match=match,
+        webhook=s.get("webhook", str),
+        operator=s.get("operator", str, None),
+    )
+    s.finish()
+    return config

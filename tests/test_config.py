@@ -1,0 +1,163 @@
+"""The configuration file: defaults, secrets from files, precise errors."""
+
+from pathlib import Path
+
+import pytest
+
+from p2a_connector import config
+from p2a_connector.config import ConfigError
+from p2a_connector.smpp_status import status_code
+
+MINIMAL = """
+[spool]
+backend = "sqlite"
+path = "var/spool.db"
+
+[[webhook]]
+name = "app"
+url = "http://127.0.0.1:8099/sms"
+secrets = ["whsec_ElcSmdbdDYEKKFTRjSshQl++LMhyVr5n"]
+
+[[operator]]
+name = "op1"
+webhook = "app"
+
+[[operator.bind]]
+host = "127.0.0.1"
+port = 2775
+system_id = "p2a"
+password = "secret"
+mode = "transceiver"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "connector.toml"
+    path.write_text(text)
+    return path
+
+
+def error_for(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_minimal_file_loads_with_defaults(tmp_path):
+    loaded = config.load(write(tmp_path, MINIMAL))
+
+    bind = loaded.operators[0].binds[0]
+    assert bind.name == "op1-0"
+    assert bind.mode == "transceiver"
+    assert bind.busy_status == status_code("ESME_RX_T_APPN")
+    assert bind.max_pdu_size == 65536
+    assert loaded.spool.path == "var/spool.db"
+    assert loaded.reassembly.timeout == 600.0
+    assert loaded.webhooks[0].timeout == 15.0
+
+
+def test_password_and_secret_can_come_from_files(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "hook").write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+    text = MINIMAL.replace('password = "secret"', 'password_file = "pw"').replace(
+        'secrets = ["whsec_ElcSmdbdDYEKKFTRjSshQl++LMhyVr5n"]',
+        'secret_files = ["hook"]',
+    )
+
+    loaded = config.load(write(tmp_path, text))
+
+    assert loaded.operators[0].binds[0].password == "s3cret"
+    assert loaded.webhooks[0].secrets == ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",)
+
+
+def test_missing_secret_file_names_key_and_path(tmp_path):
+    text = MINIMAL.replace('password = "secret"', 'password_file = "nope"')
+
+    message = error_for(tmp_path, text)
+
+    assert message.startswith("operator[0].bind[0].password_file: cannot read")
+    assert "nope" in message
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    message = error_for(tmp_path, MINIMAL.replace("port = 2775", 'port = "2775"'))
+
+    assert message.startswith("operator[0].bind[0].port: expected an integer")
+
+
+def test_unknown_key_is_refused(tmp_path):
+    message = error_for(tmp_path, MINIMAL.replace('mode = "transceiver"', "mdoe = 1"))
+
+    assert message == "operator[0].bind[0].mdoe: unknown key"
+
+
+def test_bad_mode_lists_the_choices(tmp_path):
+    message = error_for(tmp_path, MINIMAL.replace('"transceiver"', '"sender"'))
+
+    assert "operator[0].bind[0].mode: 'sender' is not one of" in message
+
+
+def test_plain_http_to_a_remote_host_needs_insecure(tmp_path):
+    text = MINIMAL.replace("http://127.0.0.1:8099/sms", "http://example.com/sms")
+
+    assert "webhook[0].url: plain http://" in error_for(tmp_path, text)
+    loaded = config.load(
+        write(tmp_path, text.replace('name = "app"', 'name = "app"\ninsecure = true'))
+    )
+    assert loaded.webhooks[0].insecure
+
+
+def test_secret_must_be_in_whsec_form(tmp_path):
+    text = MINIMAL.replace("whsec_ElcSmdbdDYEKKFTRjSshQl++LMhyVr5n", "hunter2")
+
+    assert error_for(tmp_path, text).startswith("webhook[0].secrets[0]: ")
+
+
+def test_operator_naming_an_unknown_webhook_is_refused(tmp_path):
+    text = MINIMAL.replace('webhook = "app"', 'webhook = "ap"')
+
+    assert error_for(tmp_path, text) == "operator[0].webhook: no [[webhook]] named 'ap'"
+
+
+def test_never_the_permanent_error_as_busy_status(tmp_path):
+    text = MINIMAL.replace('mode = "transceiver"', 'busy_status = "ESME_RX_P_APPN"')
+
+    assert "operator[0].bind[0].busy_status" in error_for(tmp_path, text)
+
+
+def test_routes_prefer_exact_then_longest_prefix_then_operator_default(tmp_path):
+    text = MINIMAL + """
+[[webhook]]
+name = "short"
+url = "http://127.0.0.1:8099/a"
+secrets = ["whsec_ElcSmdbdDYEKKFTRjSshQl++LMhyVr5n"]
+
+[[webhook]]
+name = "uk"
+url = "http://127.0.0.1:8099/b"
+secrets = ["whsec_ElcSmdbdDYEKKFTRjSshQl++LMhyVr5n"]
+
+[[route]]
+match = "44*"
+webhook = "app"
+
+[[route]]
+match = "447700*"
+webhook = "uk"
+
+[[route]]
+match = "447700900123"
+webhook = "short"
+"""
+    loaded = config.load(write(tmp_path, text))
+
+    assert loaded.route("op1", "447700900123") == "short"
+    assert loaded.route("op1", "447700900999") == "uk"
+    assert loaded.route("op1", "441234") == "app"
+    assert loaded.route("op1", "12345") == "app"
+
+
+def test_invalid_toml_is_reported_with_the_file(tmp_path):
+    message = error_for(tmp_path, "[spool\n")
+
+    assert "not valid TOML" in message
