@@ -19,6 +19,9 @@ from p2a_connector.smpp_status import status_code
 
 ALPHABETS = ("gsm7", "latin1", "ascii")
 BIND_MODES = ("receiver", "transceiver")
+# SMPP 3.4, 5.2.5 and 5.2.6: the type-of-number and numbering-plan values.
+TONS = frozenset(range(7))
+NPIS = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
 # Temporary statuses an SMSC is expected to retry.  ESME_RX_P_APPN is
 # permanent and would make the SMSC discard the message, so it is not here.
 BUSY_STATUSES = ("ESME_RX_T_APPN", "ESME_RTHROTTLED", "ESME_RMSGQFUL", "ESME_RSYSERR")
@@ -110,16 +113,9 @@ class ReassemblyConfig:
 
 
 @attrs.frozen
-class LogConfig:
-    format: str = "text"
-    level: str = "info"
-
-
-@attrs.frozen
 class Config:
     spool: SpoolConfig
     reassembly: ReassemblyConfig
-    log: LogConfig
     webhooks: tuple[WebhookConfig, ...]
     operators: tuple[OperatorConfig, ...]
     routes: tuple[RouteConfig, ...] = ()
@@ -263,9 +259,9 @@ def load(path: str | Path) -> Config:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        raise ConfigError(f"cannot read the file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        raise ConfigError(f"not valid TOML: {e}") from None
     return parse(raw, base=path.parent)
 
 
@@ -274,7 +270,6 @@ def parse(raw: dict, base: Path = Path(".")) -> Config:
     root = _Section(raw, "", base)
     spool = _spool(root.table("spool"))
     reassembly = _reassembly(root.table("reassembly"))
-    log = _log(root.table("log"))
     webhooks = tuple(_webhook(s) for s in root.tables("webhook"))
     operators = tuple(_operator(s) for s in root.tables("operator"))
     routes = tuple(_route(s) for s in root.tables("route"))
@@ -309,7 +304,6 @@ def parse(raw: dict, base: Path = Path(".")) -> Config:
     return Config(
         spool=spool,
         reassembly=reassembly,
-        log=log,
         webhooks=webhooks,
         operators=operators,
         routes=routes,
@@ -344,15 +338,6 @@ def _reassembly(s: _Section) -> ReassemblyConfig:
     config = ReassemblyConfig(
         timeout=s.positive("timeout", float, rd["timeout"]),
         check_interval=s.positive("check_interval", float, 5.0),
-    )
-    s.finish()
-    return config
-
-
-def _log(s: _Section) -> LogConfig:
-    config = LogConfig(
-        format=s.choice("format", ("text", "json"), "text"),
-        level=s.choice("level", ("debug", "info", "warn", "error"), "info"),
     )
     s.finish()
     return config
@@ -455,6 +440,17 @@ def _bind(s: _Section, operator: str, index: int) -> BindConfig:
         raise ConfigError(f"{s.key('password')}: longer than SMPP's 8 characters")
     d = _defaults(BindConfig)
     busy = s.choice("busy_status", BUSY_STATUSES, "ESME_RX_T_APPN")
+    addr_ton = s.get("addr_ton", int, 0)
+    if addr_ton not in TONS:
+        raise ConfigError(
+            f"{s.key('addr_ton')}: {addr_ton} is not an SMPP 3.4 TON (0-6)"
+        )
+    addr_npi = s.get("addr_npi", int, 0)
+    if addr_npi not in NPIS:
+        raise ConfigError(
+            f"{s.key('addr_npi')}: {addr_npi} is not an SMPP 3.4 NPI "
+            f"({', '.join(map(str, sorted(NPIS)))})"
+        )
     config = BindConfig(
         name=s.get("name", str, f"{operator}-{index}"),
         operator=operator,
@@ -464,8 +460,8 @@ def _bind(s: _Section, operator: str, index: int) -> BindConfig:
         password=password,
         mode=s.choice("mode", BIND_MODES, d["mode"]),
         system_type=s.get("system_type", str, ""),
-        addr_ton=s.get("addr_ton", int, 0),
-        addr_npi=s.get("addr_npi", int, 0),
+        addr_ton=addr_ton,
+        addr_npi=addr_npi,
         address_range=s.get("address_range", str, ""),
         tls=s.get("tls", bool, False),
         tls_verify=s.get("tls_verify", bool, True),

@@ -126,7 +126,9 @@ def test_never_the_permanent_error_as_busy_status(tmp_path):
 
 
 def test_routes_prefer_exact_then_longest_prefix_then_operator_default(tmp_path):
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
 [[webhook]]
 name = "short"
 url = "http://127.0.0.1:8099/a"
@@ -149,6 +151,7 @@ webhook = "uk"
 match = "447700900123"
 webhook = "short"
 """
+    )
     loaded = config.load(write(tmp_path, text))
 
     assert loaded.route("op1", "447700900123") == "short"
@@ -161,3 +164,11 @@ def test_invalid_toml_is_reported_with_the_file(tmp_path):
     message = error_for(tmp_path, "[spool\n")
 
     assert "not valid TOML" in message
+
+
+def test_a_ton_smpp_does_not_define_is_refused(tmp_path):
+    text = MINIMAL.replace('mode = "transceiver"', "addr_ton = 9")
+
+    assert error_for(tmp_path, text).startswith(
+        "operator[0].bind[0].addr_ton: 9 is not"
+    )

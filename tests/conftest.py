@@ -1,0 +1,72 @@
+"""Shared fixtures for the SMPP tests: a listening simulator and bind configs."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import deferLater
+
+from p2a_connector.config import BindConfig
+from p2a_connector.simulator import SMSCSimulator
+
+
+@pytest.fixture
+def smpp_simulator():
+    """An SMSC simulator listening on 127.0.0.1, port chosen by the system."""
+    simulator = SMSCSimulator("p2a", "secret")
+    simulator.listen(reactor)
+    yield simulator
+    pytest_twisted.blockon(simulator.stop())
+
+
+@pytest.fixture
+def smpp_bind(smpp_simulator):
+    """A function making a BindConfig for the simulator, with overrides."""
+    port = smpp_simulator.listening.getHost().port
+
+    def make(**overrides) -> BindConfig:
+        fields = {
+            "name": "test-bind",
+            "operator": "test",
+            "host": "127.0.0.1",
+            "port": port,
+            "system_id": "p2a",
+            "password": "secret",
+        }
+        fields.update(overrides)
+        return BindConfig(**fields)
+
+    return make
+
+
+@pytest.fixture
+def smpp_wait():
+    """A function waiting on the real reactor until a condition holds."""
+
+    def wait(condition, timeout: float = 5.0, step: float = 0.01) -> Deferred:
+        if condition():
+            return succeed(None)
+        if timeout <= 0:
+            raise AssertionError("condition not met in time")
+        later = deferLater(reactor, step, lambda: None)
+        return later.addCallback(lambda _: wait(condition, timeout - step, step))
+
+    return wait
+
+
+@pytest.fixture
+def smpp_logged_failures():
+    """Failures logged while the test runs (tracebacks nobody handled)."""
+    from twisted.logger import globalLogPublisher
+
+    failures = []
+
+    def observe(event):
+        # Legacy twisted.python.log.err events carry "failure" instead.
+        failure = event.get("log_failure") or event.get("failure")
+        if failure is not None:
+            failures.append(failure)
+
+    globalLogPublisher.addObserver(observe)
+    yield failures
+    globalLogPublisher.removeObserver(observe)
