@@ -27,6 +27,12 @@ NPIS = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
 BUSY_STATUSES = ("ESME_RX_T_APPN", "ESME_RTHROTTLED", "ESME_RMSGQFUL", "ESME_RSYSERR")
 
 
+# Headers every post carries, which configuration must not replace.
+RESERVED_HEADERS = frozenset(
+    {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type"}
+)
+
+
 class ConfigError(Exception):
     """The configuration file is unusable; the message says where and why."""
 
@@ -368,6 +374,11 @@ def _webhook(s: _Section) -> WebhookConfig:
     for header, value in headers.items():
         if not isinstance(value, str):
             raise ConfigError(f"{s.key('headers')}.{header}: expected a string")
+        if header.lower() in RESERVED_HEADERS:
+            raise ConfigError(
+                f"{s.key('headers')}.{header}: set by the connector itself; "
+                "remove it from the configuration"
+            )
 
     wd = _defaults(WebhookConfig)
     config = WebhookConfig(

@@ -172,3 +172,11 @@ def test_a_ton_smpp_does_not_define_is_refused(tmp_path):
     assert error_for(tmp_path, text).startswith(
         "operator[0].bind[0].addr_ton: 9 is not"
     )
+
+
+def test_a_header_the_signature_depends_on_cannot_be_configured(tmp_path):
+    text = MINIMAL.replace(
+        'name = "app"', 'name = "app"\nheaders = { "Webhook-Id" = "x" }'
+    )
+
+    assert error_for(tmp_path, text).startswith("webhook[0].headers.Webhook-Id: set by")

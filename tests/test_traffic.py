@@ -10,7 +10,7 @@ import random
 import pytest
 
 from p2a_connector import decode, traffic
-from p2a_connector.models import Address, MOPdu, TLV
+from p2a_connector.models import TLV, Address, MOPdu
 
 TEXTS = {
     "gsm7": "Hello [world] {€} ~^|\\ @£$¥èéùìò ÄÖÑÜ§ " * 8,

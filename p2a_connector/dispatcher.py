@@ -1,0 +1,522 @@
+"""
+The dispatcher: posts each pending event to its webhook, signed, and records
+the outcome in the spool — delivered, retry later, or dead letter.
+
+Each webhook has its own lane with its own concurrency limit, so a slow or
+failing receiver never delays another one.  A lane asks the spool for due
+events only when it has a free slot, and otherwise sleeps until the next
+event is due, a post finishes, or `Dispatcher.wake` says new events arrived
+(but never longer than `IDLE_CHECK`).
+
+Delivery is at least once: an event stays pending in the spool until its
+outcome is committed, so a crash or a stop mid-post means it is posted again
+later, with the same ``webhook-id`` and the same body.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable, Sequence
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.application.service import Service
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    TimeoutError,
+)
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
+from twisted.web.iweb import IResponse
+
+from p2a_connector import signing
+from p2a_connector.config import WebhookConfig
+from p2a_connector.spool import PendingEvent, Spool, SpoolError
+
+# Seconds to wait before attempts 1 to 10: the Standard Webhooks schedule.
+SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+
+# A receiver's Retry-After may lengthen a wait up to this, never beyond.
+MAX_RETRY_AFTER = 86400.0
+
+# How far a scheduled wait is spread either way, so that events that failed
+# together do not all come back together.
+JITTER = 0.2
+
+# How long a lane waits before asking again when the spool fails.
+SPOOL_PAUSE = 5.0
+
+# The longest a lane sleeps without looking: events can also appear without
+# a wake, when another process replays dead letters into the spool.
+IDLE_CHECK = 30.0
+
+_RETRIED_STATUSES = (408, 429)
+
+
+def retry_delay(
+    schedule: Sequence[float],
+    attempts: int,
+    random: Callable[[], float] = _random.random,
+    retry_after: float | None = None,
+) -> float | None:
+    """
+    Seconds to wait after ``attempts`` failed attempts, or None to give up.
+
+    The scheduled wait gets ±`JITTER`; a ``Retry-After`` from the receiver
+    may lengthen it, up to `MAX_RETRY_AFTER`, but never shortens it.
+    """
+    if attempts >= len(schedule):
+        return None
+    delay = schedule[attempts] * (1 - JITTER + 2 * JITTER * random())
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return max(delay, 0.0)
+
+
+def parse_retry_after(value: bytes | None, now: float) -> float | None:
+    """Seconds asked for by a ``Retry-After`` header (delay or HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - now, 0.0)
+
+
+def _retried(status: int) -> bool:
+    return status in _RETRIED_STATUSES or 500 <= status <= 599
+
+
+def _describe(failure: Failure, timeout: float) -> str:
+    """A short, operator-readable reason for a failed post."""
+    if failure.check(TimeoutError):
+        return f"no response within {timeout:g}s"
+    if failure.check(DNSLookupError):
+        return f"cannot resolve the host: {failure.value}"
+    if failure.check(ConnectError):
+        return f"cannot connect: {failure.getErrorMessage().rstrip('.')}"
+    if failure.check(ResponseNeverReceived):
+        reasons = failure.value.reasons
+        inner = reasons[0].getErrorMessage() if reasons else "connection lost"
+        return f"no response: {inner}"
+    return f"{failure.type.__name__}: {failure.getErrorMessage()}"
+
+
+class _Discard(Protocol):
+    """Reads a response body to its end and throws it away."""
+
+    def __init__(self, done: Deferred[None]):
+        self.done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+def _drain(response: IResponse, timeout: float, reactor: IReactorTime) -> Deferred:
+    """
+    Consume the body so the connection can carry the next request; a body
+    that does not end within ``timeout`` has its connection closed.
+    """
+
+    def abort(_: Deferred) -> None:
+        if protocol.transport is not None:
+            protocol.transport.stopProducing()
+
+    done: Deferred[None] = Deferred(abort)
+    protocol = _Discard(done)
+    response.deliverBody(protocol)
+    done.addTimeout(max(timeout, 0.0), reactor)
+    done.addErrback(lambda _: None)
+    return done
+
+
+class Dispatcher(Service):
+    """
+    Delivers the spool's pending events to the configured webhooks.
+
+    :param schedule: seconds to wait before each attempt; when the last one
+        fails, the event is dead-lettered.
+    :param random: the source of jitter, a function returning [0, 1).
+    :param shutdown_timeout: how long `stopService` lets posts finish before
+        cancelling them.
+    :param pool: the HTTP connection pool; by default a persistent one that
+        keeps up to ``concurrency`` idle connections per webhook host.
+    :param batch: the most events a lane fetches at once.
+    :param idle_check: the longest a lane goes without looking at the spool.
+
+    Limitation: events for a webhook that is no longer configured stay
+    pending (and count towards ``max_pending``) until it is configured again.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        spool: Spool,
+        webhooks: Sequence[WebhookConfig],
+        reactor: Any,
+        *,
+        schedule: Sequence[float] = SCHEDULE,
+        random: Callable[[], float] = _random.random,
+        shutdown_timeout: float = 10.0,
+        pool: HTTPConnectionPool | None = None,
+        batch: int = 100,
+        idle_check: float = IDLE_CHECK,
+    ):
+        if not schedule:
+            raise ValueError("the retry schedule needs at least one attempt")
+        for webhook in webhooks:
+            signing.check_extra_headers(webhook.headers)
+
+        self.spool = spool
+        self.shutdown_timeout = shutdown_timeout
+        self._reactor = reactor
+        if pool is None:
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = max(
+                (w.concurrency for w in webhooks), default=1
+            )
+        self._pool = pool
+        client = HTTPClient(Agent(reactor, pool=pool))
+        self._lanes = {
+            w.name: _Lane(
+                w,
+                spool,
+                client,
+                reactor,
+                schedule=tuple(schedule),
+                random=random,
+                batch=batch,
+                idle_check=idle_check,
+            )
+            for w in webhooks
+        }
+
+    def startService(self) -> None:
+        super().startService()
+        for lane in self._lanes.values():
+            lane.start()
+
+    def wake(self, webhook: str | None = None) -> None:
+        """New events were stored (for ``webhook``, or any): look now."""
+        if webhook is None:
+            lanes = list(self._lanes.values())
+        else:
+            lanes = [self._lanes[webhook]] if webhook in self._lanes else []
+        for lane in lanes:
+            lane.look()
+
+    def in_flight(self) -> int:
+        """How many posts are under way."""
+        return sum(len(lane.posts) for lane in self._lanes.values())
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop taking events, give the posts under way ``shutdown_timeout`` to
+        finish, then cancel the rest: they stay pending and are posted again
+        after a restart.
+        """
+        super().stopService()
+        posts = []
+        for lane in self._lanes.values():
+            lane.stop()
+            posts.extend(lane.posts.values())
+
+        deadline = self._reactor.callLater(self.shutdown_timeout, self._cancel)
+        finished = DeferredList(posts, consumeErrors=True)
+        finished.addCallback(self._stopped, deadline)
+        return finished
+
+    def _stopped(self, _: Any, deadline: IDelayedCall) -> Deferred[None]:
+        if deadline.active():
+            deadline.cancel()
+        return self._pool.closeCachedConnections()
+
+    def _cancel(self) -> None:
+        self.log.warn(
+            "posts still under way after {timeout}s: cancelling {count}; "
+            "they stay pending",
+            timeout=self.shutdown_timeout,
+            count=self.in_flight(),
+        )
+        for lane in self._lanes.values():
+            lane.cancel()
+
+
+class _Lane:
+    """
+    Delivery to one webhook: at most ``concurrency`` posts at a time.
+
+    A lane is idle, looking (a spool query under way) or sleeping (a timer
+    set for the next due event).  Whatever asks it to look while it is
+    already looking makes it look once more afterwards, so no wake is lost.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        webhook: WebhookConfig,
+        spool: Spool,
+        client: HTTPClient,
+        reactor: Any,
+        *,
+        schedule: tuple[float, ...],
+        random: Callable[[], float],
+        batch: int,
+        idle_check: float,
+    ):
+        self.webhook = webhook
+        self.posts: dict[str, Deferred[None]] = {}
+        self._spool = spool
+        self._client = client
+        self._reactor = reactor
+        self._schedule = schedule
+        self._random = random
+        self._batch = batch
+        self._idle_check = idle_check
+        self._running = False
+        self._cancelling = False
+        self._looking = False
+        self._again = False
+        self._timer: IDelayedCall | None = None
+
+    # --- looking for due events -------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self._cancelling = False
+        self.look()
+
+    def stop(self) -> None:
+        self._running = False
+        self._cancel_timer()
+
+    def cancel(self) -> None:
+        """Abandon the posts under way; their events stay pending."""
+        self._cancelling = True
+        for post in list(self.posts.values()):
+            post.cancel()
+
+    def look(self) -> None:
+        if not self._running:
+            return
+        if self._looking:
+            self._again = True
+            return
+        self._cancel_timer()
+        if len(self.posts) >= self.webhook.concurrency:
+            return
+
+        self._looking = True
+        d = Deferred.fromCoroutine(self._look())
+        d.addErrback(self._look_failed)
+        d.addBoth(self._looked)
+
+    async def _look(self) -> None:
+        name = self.webhook.name
+        free = min(self.webhook.concurrency - len(self.posts), self._batch)
+
+        now = self._reactor.seconds()
+        events = await self._spool.due(now, free, tuple(self.posts), webhook=name)
+        if not self._running:
+            return
+        for event in events:
+            self._start(event)
+        if len(self.posts) >= self.webhook.concurrency:
+            return
+
+        next_at = await self._spool.next_due(webhook=name, exclude=tuple(self.posts))
+        delay = self._idle_check
+        if next_at is not None:
+            delay = min(next_at - self._reactor.seconds(), delay)
+        self._sleep(delay)
+
+    def _look_failed(self, failure: Failure) -> None:
+        if failure.check(SpoolError):
+            self.log.error(
+                "cannot read the spool for {webhook}: {error}; "
+                "trying again in {pause}s",
+                webhook=self.webhook.name,
+                error=failure.value,
+                pause=SPOOL_PAUSE,
+            )
+        else:
+            self.log.failure(
+                "unexpected error looking for events for {webhook}",
+                failure,
+                webhook=self.webhook.name,
+            )
+        self._sleep(SPOOL_PAUSE)
+
+    def _looked(self, _: Any) -> None:
+        self._looking = False
+        if self._again:
+            self._again = False
+            self.look()
+
+    def _sleep(self, delay: float) -> None:
+        if not self._running:
+            return
+        self._cancel_timer()
+        self._timer = self._reactor.callLater(max(delay, 0.0), self.look)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # --- delivering one event ---------------------------------------------
+
+    def _start(self, event: PendingEvent) -> None:
+        d = Deferred.fromCoroutine(self._deliver(event))
+        self.posts[event.id] = d
+        d.addErrback(self._failed, event)
+        d.addBoth(self._finished, event)
+
+    def _finished(self, _: Any, event: PendingEvent) -> None:
+        self.posts.pop(event.id, None)
+        self.look()
+
+    def _failed(self, failure: Failure, event: PendingEvent) -> None:
+        if failure.check(CancelledError):
+            return
+        if failure.check(SpoolError):
+            self.log.error(
+                "cannot record the outcome of {id} for {webhook}: {error}; "
+                "it stays pending and will be posted again",
+                id=event.id,
+                webhook=self.webhook.name,
+                error=failure.value,
+            )
+        else:
+            self.log.failure(
+                "unexpected error delivering {id} to {webhook}",
+                failure,
+                id=event.id,
+                webhook=self.webhook.name,
+            )
+        self._sleep(SPOOL_PAUSE)
+
+    async def _deliver(self, event: PendingEvent) -> None:
+        attempt = event.attempt + 1
+        started = self._reactor.seconds()
+
+        try:
+            response = await self._post(event)
+        except Exception:  # noqa: BLE001 - any failure to post is retried
+            failure = Failure()
+            if self._cancelling or failure.check(CancelledError):
+                self.log.info(
+                    "cancelled {id} to {webhook} attempt {attempt}; it stays pending",
+                    id=event.id,
+                    webhook=self.webhook.name,
+                    attempt=attempt,
+                )
+                return
+            await self._retry(
+                event, attempt, _describe(failure, self.webhook.timeout), None
+            )
+            return
+
+        remaining = self.webhook.timeout - (self._reactor.seconds() - started)
+        await _drain(response, remaining, self._reactor)
+
+        status = response.code
+        if 200 <= status <= 299:
+            await self._spool.delivered(event.id)
+            self.log.info(
+                "delivered {id} to {webhook} status {status} attempt {attempt}",
+                id=event.id,
+                webhook=self.webhook.name,
+                status=status,
+                attempt=attempt,
+            )
+        elif _retried(status):
+            retry_after = parse_retry_after(
+                response.headers.getRawHeaders(b"retry-after", [None])[-1],
+                self._reactor.seconds(),
+            )
+            await self._retry(event, attempt, f"HTTP {status}", retry_after)
+        else:
+            await self._dead(event, attempt, f"HTTP {status}")
+
+    def _post(self, event: PendingEvent) -> Deferred[IResponse]:
+        webhook = self.webhook
+        timestamp = int(self._reactor.seconds())
+        request = self._client.post(
+            webhook.url,
+            data=event.body,
+            headers=signing.headers(
+                webhook.secrets, event.id, timestamp, event.body, webhook.headers
+            ),
+            allow_redirects=False,
+            unbuffered=True,
+        )
+
+        # Not Deferred.addTimeout: cancelling an HTTP request fails it with
+        # ResponseNeverReceived, which addTimeout would not recognise.
+        deadline = self._reactor.callLater(webhook.timeout, request.cancel)
+
+        def settled(result: Any) -> Any:
+            if deadline.active():
+                deadline.cancel()
+            elif isinstance(result, Failure):
+                return Failure(TimeoutError(f"no response in {webhook.timeout}s"))
+            return result
+
+        return request.addBoth(settled)
+
+    async def _retry(
+        self,
+        event: PendingEvent,
+        attempt: int,
+        error: str,
+        retry_after: float | None,
+    ) -> None:
+        delay = retry_delay(self._schedule, attempt, self._random, retry_after)
+        if delay is None:
+            attempts = "1 attempt" if attempt == 1 else f"{attempt} attempts"
+            reason = f"{error}; gave up after {attempts}"
+            await self._dead(event, attempt, reason)
+            return
+
+        next_at = self._reactor.seconds() + delay
+        await self._spool.retry(event.id, attempt, next_at, error)
+        self.log.info(
+            "retry {id} to {webhook}: attempt {attempt} failed ({error}); "
+            "next in {delay:.1f}s",
+            id=event.id,
+            webhook=self.webhook.name,
+            attempt=attempt,
+            error=error,
+            delay=delay,
+        )
+
+    async def _dead(self, event: PendingEvent, attempt: int, reason: str) -> None:
+        await self._spool.dead(event.id, attempt, reason)
+        self.log.warn(
+            "dead-lettered {id} for {webhook} after attempt {attempt}: {reason}",
+            id=event.id,
+            webhook=self.webhook.name,
+            attempt=attempt,
+            reason=reason,
+        )

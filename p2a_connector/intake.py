@@ -1,0 +1,200 @@
+"""
+The intake: what happens to each deliver_sm between the session and the spool.
+
+It decodes enough to know whether the PDU is a whole message or one segment,
+routes it to a webhook, stores it, and only then names the status the
+session answers with.  Backpressure lives here: past the spool's limit, or
+when the spool fails, the answer is the bind's temporary status, so the SMSC
+keeps the message and offers it again later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from p2a_connector import decode
+from p2a_connector.config import BindConfig, Config
+from p2a_connector.models import MOPdu
+from p2a_connector.smpp_status import ESME_ROK, status_name
+from p2a_connector.spool import Event, Segment, SpoolError
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_event_id(now: float | None = None) -> str:
+    """
+    A webhook-id: ``msg_`` and 26 Crockford base32 characters.
+
+    The first ten encode the millisecond time, so ids sort by creation; the
+    rest are 80 random bits, so ids from several instances never collide.
+    """
+    millis = int((time.time() if now is None else now) * 1000)
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "msg_" + "".join(reversed(chars))
+
+
+def encode_body(envelope: dict) -> bytes:
+    """The compact UTF-8 JSON the webhook receives, fixed once per event."""
+    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Intake:
+    """Decodes, routes and spools each mobile-originated PDU."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        spool,
+        clock: IReactorTime,
+        on_event: Callable[[Event], None] = lambda event: None,
+    ):
+        self.config = config
+        self.spool = spool
+        self.clock = clock
+        self.on_event = on_event
+
+    def assemble(self, records: list[dict], complete: bool) -> tuple[str, str, bytes]:
+        """The spool's assembler: the segments of one message into one event."""
+        event_id = new_event_id(self.clock.seconds())
+        event_type, envelope = decode.build_event(
+            records,
+            event_id=event_id,
+            alphabet=self._alphabet(records[0]["operator"]),
+            complete=complete,
+            completed_at=self.clock.seconds(),
+        )
+        return event_id, event_type, encode_body(envelope)
+
+    def handler(self, bind: BindConfig) -> Callable[[MOPdu, object], Deferred]:
+        """The session's MO handler for one bind."""
+
+        def handle(mo: MOPdu, session: object) -> Deferred:
+            return self.receive(bind, mo)
+
+        return handle
+
+    @inlineCallbacks
+    def receive(self, bind: BindConfig, mo: MOPdu):
+        """Store one deliver_sm or data_sm; return the command_status to answer."""
+        fields = {"bind": bind.name, "sequence_number": mo.sequence_number}
+
+        if self.spool.pending() >= self.config.spool.max_pending:
+            self.log.warn(
+                "spool holds {pending} undelivered events, limit {limit}: "
+                "answering {status} on {bind}",
+                pending=self.spool.pending(),
+                limit=self.config.spool.max_pending,
+                status=status_name(bind.busy_status),
+                **fields,
+            )
+            return bind.busy_status
+
+        try:
+            item = self._item(bind, mo)
+        except decode.DecodeError as e:
+            self.log.warn(
+                "refused {command} seq {sequence_number} on {bind}: {reason} "
+                "({status})",
+                command=mo.command,
+                reason=e.reason,
+                status=status_name(e.status),
+                **fields,
+            )
+            return e.status
+
+        try:
+            completed = yield self.spool.store(item)
+        except SpoolError as e:
+            self.log.error(
+                "spool failed, answering {status} on {bind}: {error}",
+                status=status_name(bind.busy_status),
+                error=str(e),
+                **fields,
+            )
+            return bind.busy_status
+        except Exception:  # noqa: BLE001 - answered, and logged with its traceback
+            # A fault of ours while assembling: the SMSC keeps the segment and
+            # offers it again, which beats acknowledging what was not stored.
+            self.log.failure(
+                "could not store {command} seq {sequence_number} on {bind}; "
+                "answering {status}",
+                command=mo.command,
+                status=status_name(bind.busy_status),
+                **fields,
+            )
+            return bind.busy_status
+
+        event = item if isinstance(item, Event) else completed
+        if isinstance(item, Segment):
+            self.log.info(
+                "acknowledged segment {seqnum}/{total} of {key} on {bind}",
+                seqnum=item.seqnum,
+                total=item.total,
+                key=item.key,
+                **fields,
+            )
+        if event is not None:
+            self.log.info(
+                "acknowledged {id} ({type}) for {webhook} on {bind}",
+                id=event.id,
+                type=event.type,
+                webhook=event.webhook,
+                **fields,
+            )
+            self.on_event(event)
+        return ESME_ROK
+
+    def _item(self, bind: BindConfig, mo: MOPdu) -> Event | Segment:
+        now = self.clock.seconds()
+        inspected = decode.inspect(mo)
+        record = decode.segment_record(
+            mo, inspected, operator=bind.operator, bind=bind.name, received_at=now
+        )
+        webhook = self.config.route(bind.operator, mo.destination.address)
+
+        concat = inspected.concat
+        if concat is not None:
+            return Segment(
+                key=decode.reassembly_key(bind.operator, mo, concat),
+                seqnum=concat.seqnum,
+                total=concat.total,
+                record=record,
+                webhook=webhook,
+                received_at=now,
+            )
+
+        event_id = new_event_id(now)
+        event_type, envelope = decode.build_event(
+            [record],
+            event_id=event_id,
+            alphabet=self._alphabet(bind.operator),
+            complete=True,
+            completed_at=now,
+        )
+        return Event(
+            id=event_id,
+            type=event_type,
+            webhook=webhook,
+            body=encode_body(envelope),
+            created_at=now,
+        )
+
+    def _alphabet(self, operator: str) -> str:
+        try:
+            return self.config.operator(operator).alphabet
+        except KeyError:
+            # The operator left the configuration while its segments waited.
+            return "gsm7"

@@ -1,0 +1,115 @@
+"""
+The daemon as one Twisted service: spool, binds, dispatcher, orphan sweeper.
+
+Start-up and shutdown are ordered, which a plain MultiService does not do:
+the spool opens before any bind may acknowledge, and on shutdown the binds
+unbind first (nothing new arrives), then the dispatcher finishes or abandons
+its posts within a bound, and the spool closes last.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import task
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+
+from p2a_connector.bind import BindService
+from p2a_connector.config import Config
+from p2a_connector.dispatcher import Dispatcher
+from p2a_connector.intake import Intake
+from p2a_connector.spool import SpoolError
+from p2a_connector.sqlite_spool import SqliteSpool
+
+
+class Connector(Service):
+    """Everything one p2a-connector process runs."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor):
+        self.config = config
+        self.reactor = reactor
+        self.intake = Intake(config, None, reactor, on_event=self._on_event)
+        self.spool = SqliteSpool(
+            config.spool.path,
+            self.intake.assemble,
+            reactor,
+            commit_interval=config.spool.commit_interval,
+            completed_ttl=config.reassembly.timeout,
+        )
+        self.intake.spool = self.spool
+        self.dispatcher = Dispatcher(
+            self.spool,
+            config.webhooks,
+            reactor,
+            shutdown_timeout=config.shutdown_timeout,
+        )
+        self.binds = MultiService()
+        for operator in config.operators:
+            for bind in operator.binds:
+                BindService(bind, self.intake.handler(bind), reactor).setServiceParent(
+                    self.binds
+                )
+        self._sweeper = task.LoopingCall(self._expire_orphans)
+        self._sweeper.clock = reactor
+        self.ready = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.ready = self._start()
+
+    @inlineCallbacks
+    def _start(self):
+        try:
+            yield self.spool.open()
+        except SpoolError as e:
+            self.log.critical(
+                "cannot open the spool at {path}: {error}; stopping",
+                path=self.config.spool.path,
+                error=str(e),
+            )
+            self.reactor.stop()
+            return
+        self.log.info(
+            "spool open at {path} with {pending} undelivered events",
+            path=self.config.spool.path,
+            pending=self.spool.pending(),
+        )
+        self.dispatcher.startService()
+        self.binds.startService()
+        self._sweeper.start(self.config.reassembly.check_interval, now=True)
+
+    @inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if self.ready is not None:
+            yield self.ready
+        if self._sweeper.running:
+            self._sweeper.stop()
+        if self.binds.running:
+            yield self.binds.stopService()
+        if self.dispatcher.running:
+            yield self.dispatcher.stopService()
+        yield self.spool.close()
+        self.log.info("stopped")
+
+    def _on_event(self, event) -> None:
+        self.dispatcher.wake(event.webhook)
+
+    @inlineCallbacks
+    def _expire_orphans(self):
+        cutoff = self.reactor.seconds() - self.config.reassembly.timeout
+        try:
+            events = yield self.spool.expire(cutoff)
+        except SpoolError as e:
+            self.log.error("could not expire orphan segments: {error}", error=str(e))
+            return
+        for event in events:
+            self.log.warn(
+                "reassembly timed out: {id} delivered incomplete to {webhook}",
+                id=event.id,
+                webhook=event.webhook,
+            )
+        if events:
+            self.dispatcher.wake()

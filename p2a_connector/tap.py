@@ -1,0 +1,38 @@
+"""What twistd needs to run the daemon: its options and its service maker."""
+
+from __future__ import annotations
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+from p2a_connector import config
+from p2a_connector.config import ConfigError
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE"
+    optParameters = (
+        ("config", "c", "/etc/p2a-connector/connector.toml", "The configuration file."),
+    )
+
+    def postOptions(self) -> None:
+        try:
+            self["loaded"] = config.load(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(f"{self['config']}: {e}") from None
+
+
+@implementer(IServiceMaker, IPlugin)
+class ServiceMaker:
+    tapname = "p2a-connector"
+    description = "SMPP deliver_sm in, signed webhooks out."
+    options = Options
+
+    def makeService(self, options: Options):
+        from twisted.internet import reactor
+
+        from p2a_connector.service import Connector
+
+        return Connector(options["loaded"], reactor)
