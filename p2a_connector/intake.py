@@ -140,10 +140,12 @@ class Intake:
         event = item if isinstance(item, Event) else completed
         if isinstance(item, Segment):
             self.log.info(
-                "acknowledged segment {seqnum}/{total} of {key} on {bind}",
+                "acknowledged segment {seqnum}/{total} of {key} on {bind}{completing}",
                 seqnum=item.seqnum,
                 total=item.total,
                 key=item.key,
+                id=event.id if event is not None else None,
+                completing=f", completing {event.id}" if event is not None else "",
                 **fields,
             )
         if event is not None:
