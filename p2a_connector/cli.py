@@ -108,30 +108,30 @@ def dead_letters_list(args: argparse.Namespace) -> int:
     return _with_spool(args, work)
 
 
-def dead_letters_replay(args: argparse.Namespace) -> int:
-    if not args.all and not args.ids:
-        print("name the dead letters to replay, or give --all", file=sys.stderr)
-        return 2
+def _dead_letters_action(
+    verb: str, act: Callable[[SqliteSpool, list[str] | None], Any], done: str
+) -> Callable[[argparse.Namespace], int]:
+    """A command acting on named dead letters, or on all with --all."""
 
-    async def work(spool: SqliteSpool) -> int:
-        count = await spool.replay(None if args.all else args.ids)
-        print(f"{count} dead letter(s) queued for delivery again")
-        return 0 if args.all or count == len(args.ids) else 1
+    def command(args: argparse.Namespace) -> int:
+        if not args.all and not args.ids:
+            print(f"name the dead letters to {verb}, or give --all", file=sys.stderr)
+            return 2
 
-    return _with_spool(args, work)
+        async def work(spool: SqliteSpool) -> int:
+            count = await act(spool, None if args.all else args.ids)
+            print(f"{count} dead letter(s) {done}")
+            return 0 if args.all or count == len(args.ids) else 1
+
+        return _with_spool(args, work)
+
+    return command
 
 
-def dead_letters_purge(args: argparse.Namespace) -> int:
-    if not args.all and not args.ids:
-        print("name the dead letters to purge, or give --all", file=sys.stderr)
-        return 2
-
-    async def work(spool: SqliteSpool) -> int:
-        count = await spool.purge(None if args.all else args.ids)
-        print(f"{count} dead letter(s) deleted")
-        return 0 if args.all or count == len(args.ids) else 1
-
-    return _with_spool(args, work)
+dead_letters_replay = _dead_letters_action(
+    "replay", SqliteSpool.replay, "queued for delivery again"
+)
+dead_letters_purge = _dead_letters_action("purge", SqliteSpool.purge, "deleted")
 
 
 def parser() -> argparse.ArgumentParser:

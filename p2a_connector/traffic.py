@@ -15,6 +15,7 @@ import struct
 import attrs
 
 from p2a_connector import gsm7
+from p2a_connector.models import TLV, Address, MOPdu
 
 UDHI = 0x40
 TAG_SAR_MSG_REF_NUM = 0x020C
@@ -40,6 +41,25 @@ class Part:
     data_coding: int
     esm_class: int = 0
     tlvs: tuple[tuple[int, bytes], ...] = ()
+
+    def deliver_sm(
+        self, source: Address, destination: Address, sequence_number: int = 1
+    ) -> MOPdu:
+        """This part as the connector's session layer would hand it on."""
+        return MOPdu(
+            command="deliver_sm",
+            sequence_number=sequence_number,
+            service_type="",
+            source=source,
+            destination=destination,
+            esm_class=self.esm_class,
+            protocol_id=0,
+            priority_flag=0,
+            registered_delivery=0,
+            data_coding=self.data_coding,
+            short_message=self.short_message,
+            tlvs=tuple(TLV(tag, value) for tag, value in self.tlvs),
+        )
 
 
 def gsm7_encode(text: str) -> bytes:

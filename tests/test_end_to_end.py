@@ -58,11 +58,8 @@ def receiver():
 
 
 @pytest.fixture
-def smsc():
-    simulator = SMSCSimulator("p2a", "secret")
-    simulator.listen(reactor)
-    yield simulator
-    pytest_twisted.blockon(simulator.stop())
+def smsc(smpp_simulator):
+    return smpp_simulator
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from twisted.logger import capturedLogs
 
 from p2a_connector import config, traffic
 from p2a_connector.intake import Intake, new_event_id
-from p2a_connector.models import TLV, Address, MOPdu
+from p2a_connector.models import Address, MOPdu
 from p2a_connector.smpp_status import ESME_ROK, status_code
 from p2a_connector.sqlite_spool import SqliteSpool
 
@@ -46,20 +46,7 @@ busy_status = "ESME_RTHROTTLED"
 
 
 def mo(part: traffic.Part, destination: str = "88000") -> MOPdu:
-    return MOPdu(
-        command="deliver_sm",
-        sequence_number=5,
-        service_type="",
-        source=Address("447700900123", 1, 1),
-        destination=Address(destination, 0, 0),
-        esm_class=part.esm_class,
-        protocol_id=0,
-        priority_flag=0,
-        registered_delivery=0,
-        data_coding=part.data_coding,
-        short_message=part.short_message,
-        tlvs=tuple(TLV(tag, value) for tag, value in part.tlvs),
-    )
+    return part.deliver_sm(Address("447700900123", 1, 1), Address(destination))
 
 
 @pytest_twisted.async_yield_fixture

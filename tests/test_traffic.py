@@ -10,7 +10,7 @@ import random
 import pytest
 
 from p2a_connector import decode, traffic
-from p2a_connector.models import TLV, Address, MOPdu
+from p2a_connector.models import Address
 
 TEXTS = {
     "gsm7": "Hello [world] {€} ~^|\\ @£$¥èéùìò ÄÖÑÜ§ " * 8,
@@ -20,27 +20,14 @@ TEXTS = {
 }
 
 
-def mo_for(part: traffic.Part, seq: int = 1) -> MOPdu:
-    return MOPdu(
-        command="deliver_sm",
-        sequence_number=seq,
-        service_type="",
-        source=Address("447700900123", 1, 1),
-        destination=Address("88000", 3, 0),
-        esm_class=part.esm_class,
-        protocol_id=0,
-        priority_flag=0,
-        registered_delivery=0,
-        data_coding=part.data_coding,
-        short_message=part.short_message,
-        tlvs=tuple(TLV(tag, value) for tag, value in part.tlvs),
-    )
+PHONE = Address("447700900123", 1, 1)
+SHORT_CODE = Address("88000", 3, 0)
 
 
 def reassemble(parts: list[traffic.Part], alphabet: str = "gsm7") -> dict:
     records = []
     for part in parts:
-        mo = mo_for(part)
+        mo = part.deliver_sm(PHONE, SHORT_CODE)
         records.append(
             decode.segment_record(
                 mo, decode.inspect(mo), operator="op1", bind="b", received_at=1.0
