@@ -397,3 +397,33 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(daemon, smsc, recei
     # the SMSC's second offer nothing to recognise it by.
     counts = Counter(texts(receiver))
     assert all(counts[text] == 1 for text in acknowledged_first)
+
+
+@pytest_twisted.ensureDeferred
+async def test_segments_arriving_on_two_binds_make_one_message(daemon, smsc, receiver):
+    second = SMSCSimulator("p2a", "secret")
+    port = second.listen(reactor)
+    try:
+        process = daemon(
+            bind_extra=(
+                "\n[[operator.bind]]\n"
+                'name = "op1-b"\nhost = "127.0.0.1"\n'
+                f'port = {port}\nsystem_id = "p2a"\npassword = "secret"\n'
+                'mode = "receiver"\n'
+            )
+        )
+        await bound(smsc, process)
+        await bound(second, process)
+        text = "split across binds " * 12
+        first, last = traffic.split(text, "gsm7", "udh8", reference=99)
+
+        assert await deliver(smsc, first) == ESME_ROK
+        assert await deliver(second, last) == ESME_ROK
+
+        await until(lambda: len(events(receiver)) == 1, what="one event")
+        (event,) = events(receiver).values()
+        assert event["data"]["text"] == text
+        assert event["data"]["bind"] in ("op1-a", "op1-b")
+        assert second.received[0].command == "bind_receiver"
+    finally:
+        await second.stop()
