@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from p2a_connector.alphabets import DecodeOptions
 from p2a_connector.smpp_status import status_code
 
-ALPHABETS = ("gsm7", "latin1", "ascii")
+ALPHABETS = ("gsm7", "latin1", "ascii", "utf8")
 BIND_MODES = ("receiver", "transceiver")
 # SMPP 3.4, 5.2.5 and 5.2.6: the type-of-number and numbering-plan values.
 TONS = frozenset(range(7))
@@ -63,6 +64,9 @@ class BindConfig:
     busy_status: int = status_code("ESME_RX_T_APPN")
     unbind_timeout: float = 5.0
     max_pdu_size: int = 65536
+    gsm7_packed: bool = False
+    data_coding_overrides: tuple[tuple[int, str], ...] = ()
+    decode_fallback: bool = True
 
 
 @attrs.frozen
@@ -119,6 +123,24 @@ class ReassemblyConfig:
 
 
 @attrs.frozen
+class LimitsConfig:
+    """
+    Bounds on what the SMSCs' traffic can make the connector hold.
+
+    Phones split a long text into a handful of segments; 32 already carry
+    some 4,900 GSM characters.  A message's segments usually arrive within
+    seconds, so even a busy platform keeps a few hundred reassemblies open;
+    the bounds leave room for orphans piling up over ``reassembly.timeout``,
+    and past them the SMSC is told to retry, so no peer can fill the disk.
+    """
+
+    max_segments: int = 32
+    max_reassemblies_per_operator: int = 10_000
+    max_reassemblies: int = 50_000
+    max_reassembly_bytes: int = 64 * 1024 * 1024
+
+
+@attrs.frozen
 class Config:
     spool: SpoolConfig
     reassembly: ReassemblyConfig
@@ -126,6 +148,7 @@ class Config:
     operators: tuple[OperatorConfig, ...]
     routes: tuple[RouteConfig, ...] = ()
     shutdown_timeout: float = 10.0
+    limits: LimitsConfig = LimitsConfig()
 
     def webhook(self, name: str) -> WebhookConfig:
         for webhook in self.webhooks:
@@ -138,6 +161,19 @@ class Config:
             if operator.name == name:
                 return operator
         raise KeyError(name)
+
+    def decode_options(self, bind_name: str) -> DecodeOptions:
+        """How text from this bind is read; the defaults for a bind now gone."""
+        for operator in self.operators:
+            for bind in operator.binds:
+                if bind.name == bind_name:
+                    return DecodeOptions(
+                        alphabet=operator.alphabet,
+                        gsm7_packed=bind.gsm7_packed,
+                        coding_overrides=bind.data_coding_overrides,
+                        fallback=bind.decode_fallback,
+                    )
+        return DecodeOptions()
 
     def route(self, operator: str, destination: str) -> str:
         """The webhook name for a message to ``destination`` via ``operator``."""
@@ -276,6 +312,7 @@ def parse(raw: dict, base: Path = Path(".")) -> Config:
     root = _Section(raw, "", base)
     spool = _spool(root.table("spool"))
     reassembly = _reassembly(root.table("reassembly"))
+    limits = _limits(root.table("limits"))
     webhooks = tuple(_webhook(s) for s in root.tables("webhook"))
     operators = tuple(_operator(s) for s in root.tables("operator"))
     routes = tuple(_route(s) for s in root.tables("route"))
@@ -314,6 +351,7 @@ def parse(raw: dict, base: Path = Path(".")) -> Config:
         operators=operators,
         routes=routes,
         shutdown_timeout=shutdown_timeout,
+        limits=limits,
     )
 
 
@@ -345,6 +383,13 @@ def _reassembly(s: _Section) -> ReassemblyConfig:
         timeout=s.positive("timeout", float, rd["timeout"]),
         check_interval=s.positive("check_interval", float, 5.0),
     )
+    s.finish()
+    return config
+
+
+def _limits(s: _Section) -> LimitsConfig:
+    ld = _defaults(LimitsConfig)
+    config = LimitsConfig(**{name: s.positive(name, int, ld[name]) for name in ld})
     s.finish()
     return config
 
@@ -491,11 +536,35 @@ def _bind(s: _Section, operator: str, index: int) -> BindConfig:
         busy_status=status_code(busy),
         unbind_timeout=s.positive("unbind_timeout", float, d["unbind_timeout"]),
         max_pdu_size=s.positive("max_pdu_size", int, d["max_pdu_size"]),
+        gsm7_packed=s.get("gsm7_packed", bool, False),
+        data_coding_overrides=_overrides(s),
+        decode_fallback=s.get("decode_fallback", bool, True),
     )
+    try:
+        DecodeOptions(coding_overrides=config.data_coding_overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{s.key('data_coding_overrides')}: {e}") from None
     if config.max_pdu_size < 65536:
         raise ConfigError(f"{s.key('max_pdu_size')}: must be at least 65536")
     s.finish()
     return config
+
+
+def _overrides(s: _Section) -> tuple[tuple[int, str], ...]:
+    table = s.get("data_coding_overrides", dict, {})
+    pairs = []
+    for key, name in table.items():
+        where = f"{s.key('data_coding_overrides')}.{key}"
+        try:
+            value = int(key, 0)
+        except ValueError:
+            raise ConfigError(
+                f'{where}: not a data_coding value; write it as "0" or "0x08"'
+            ) from None
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: expected an encoding name")
+        pairs.append((value, name))
+    return tuple(sorted(pairs))
 
 
 def _route(s: _Section) -> RouteConfig:

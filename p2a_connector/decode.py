@@ -10,7 +10,8 @@ decoded only there, once, over the joined user data, because a UCS2
 surrogate pair or a GSM escape may straddle two segments.
 
 A text that cannot be decoded is never refused: it is delivered with what
-decodes, U+FFFD where nothing does, and its raw bytes.
+decodes, U+FFFD where nothing does, and its raw bytes.  Whatever a PDU or a
+record holds, these functions raise nothing but `DecodeError`.
 """
 
 from __future__ import annotations
@@ -21,58 +22,48 @@ from datetime import UTC, datetime
 
 import attrs
 
-from p2a_connector import receipt, udh
-from p2a_connector.alphabets import decode_text, encoding_for
+from p2a_connector import gsm7, receipt, segments, tlv, udh
+from p2a_connector.alphabets import DecodeOptions, Text, encoding_for, read_text
 from p2a_connector.models import MOPdu
-from p2a_connector.smpp_status import status_code, tag_name
+from p2a_connector.smpp_status import status_code
+from p2a_connector.tlv import (
+    SAR_TAGS,
+    TAG_MESSAGE_PAYLOAD,
+    TAG_MESSAGE_STATE,
+    TAG_NETWORK_ERROR_CODE,
+    TAG_RECEIPTED_MESSAGE_ID,
+    first_values,
+    session,
+    tlvs_json,
+)
+
+__all__ = [
+    "Concat",
+    "DecodeError",
+    "DecodeOptions",
+    "Inspected",
+    "build_event",
+    "encoding_for",
+    "inspect",
+    "is_receipt",
+    "iso_time",
+    "reassembly_key",
+    "segment_record",
+    "session",
+    "tlvs_json",
+]
 
 UDHI = 0x40
 MESSAGE_TYPE_MASK = 0x3C
 SMSC_DELIVERY_RECEIPT = 0x04
 INTERMEDIATE_NOTIFICATION = 0x24
 
-TAG_RECEIPTED_MESSAGE_ID = 0x001E
-TAG_SOURCE_PORT = 0x020A
-TAG_DESTINATION_PORT = 0x020B
-TAG_SAR_MSG_REF_NUM = 0x020C
-TAG_SAR_TOTAL_SEGMENTS = 0x020E
-TAG_SAR_SEGMENT_SEQNUM = 0x020F
-TAG_NETWORK_ERROR_CODE = 0x0423
-TAG_MESSAGE_PAYLOAD = 0x0424
-TAG_MESSAGE_STATE = 0x0427
-TAG_USSD_SERVICE_OP = 0x0501
-TAG_ITS_SESSION_INFO = 0x1383
-
-SAR_TAGS = (TAG_SAR_MSG_REF_NUM, TAG_SAR_TOTAL_SEGMENTS, TAG_SAR_SEGMENT_SEQNUM)
-
-USSD_OPERATIONS = {
-    0: "pssd_indication",
-    1: "pssr_indication",
-    2: "ussr_request",
-    3: "ussn_request",
-    16: "pssd_response",
-    17: "pssr_response",
-    18: "ussr_confirm",
-    19: "ussn_confirm",
-}
-
-# Tags whose value SMPP 3.4 defines as an integer, shown as a number.
-INTEGER_TAGS = frozenset(
-    {
-        0x0005, 0x0006, 0x0007, 0x0008, 0x000D, 0x000E, 0x000F, 0x0010,
-        0x0017, 0x0019, 0x0030, 0x0201, 0x0204, 0x0205, 0x020A, 0x020B,
-        0x020C, 0x020D, 0x020E, 0x020F, 0x0210, 0x0302, 0x0304, 0x0420,
-        0x0421, 0x0422, 0x0425, 0x0426, 0x0427, 0x0501, 0x1201, 0x1203,
-        0x1204, 0x1380,
-    }
-)  # fmt: skip
-# Tags whose value is a NUL-terminated string.
-STRING_TAGS = frozenset({0x001D, 0x001E})
-
 # The user data's length contradicts its own header: RINVMSGLEN names that
 # exactly, and as a permanent error it stops the SMSC retrying a PDU that
 # can never be read.
 MALFORMED_UDH_STATUS = status_code("ESME_RINVMSGLEN")
+# A record that segment_record cannot have written is a fault on our side.
+MALFORMED_RECORD_STATUS = status_code("ESME_RSYSERR")
 
 
 class DecodeError(Exception):
@@ -130,7 +121,7 @@ def inspect(mo: MOPdu) -> Inspected:
                 f"esm_class 0x{mo.esm_class:02x}, but {e}",
             ) from None
 
-    tags = {tlv.tag for tlv in mo.tlvs}
+    tags = {item.tag for item in mo.tlvs}
     if is_receipt(mo.esm_class, tags):
         # A receipt reports on one message and is delivered on its own.
         return Inspected("receipt", None, udh_bytes, user_data)
@@ -140,7 +131,9 @@ def inspect(mo: MOPdu) -> Inspected:
         found = header.concat
         concat = Concat(found.reference, found.total, found.seqnum, found.method)
     if concat is None:
-        concat = _sar(mo)
+        sar = tlv.sar(first_values([(item.tag, item.value) for item in mo.tlvs]))
+        if sar is not None:
+            concat = Concat(*sar, "sar")
     return Inspected("message", concat, udh_bytes, user_data)
 
 
@@ -154,11 +147,18 @@ def is_receipt(esm_class: int, tags: set[int]) -> bool:
 
 
 def reassembly_key(operator: str, mo: MOPdu, concat: Concat) -> str:
-    """The text that the segments of one concatenated message share."""
+    """
+    The text that the segments of one concatenated message share.
+
+    The method is part of it: an 8-bit and a 16-bit UDH reference, or a
+    16-bit one and a SAR reference, from the same sender may be the same
+    number and still belong to different messages.
+    """
     parts = [
         operator,
         mo.source.address,
         mo.destination.address,
+        concat.method,
         concat.reference,
         concat.total,
     ]
@@ -178,9 +178,9 @@ def segment_record(
     # keeping the TLV too would store the message twice.
     payload_used = not mo.short_message and mo.tlv(TAG_MESSAGE_PAYLOAD) is not None
     tlvs = [
-        [tlv.tag, tlv.value.hex()]
-        for tlv in mo.tlvs
-        if not (payload_used and tlv.tag == TAG_MESSAGE_PAYLOAD)
+        [item.tag, item.value.hex()]
+        for item in mo.tlvs
+        if not (payload_used and item.tag == TAG_MESSAGE_PAYLOAD)
     ]
     concat = inspected.concat
     return {
@@ -207,7 +207,7 @@ def build_event(
     records: list[dict],
     *,
     event_id: str,
-    alphabet: str,
+    options: DecodeOptions | None = None,
     complete: bool,
     completed_at: float,
 ) -> tuple[str, dict]:
@@ -218,21 +218,31 @@ def build_event(
     ``complete`` is false) lack some.  The first segment present supplies
     the addresses and SMPP fields; the text joins every segment present.
 
+    :param options: how the bind's SMSC writes text; the defaults when None.
     :returns: the event type and its envelope.
+    :raises DecodeError: when a record is not one `segment_record` writes.
     """
-    segments = _distinct_segments(records)
-    first = segments[0]
-    tlvs = [(tag, bytes.fromhex(value)) for tag, value in first["tlvs"]]
+    if options is None:
+        options = DecodeOptions()
 
-    received_at = iso_time(min(r["received_at"] for r in records))
+    try:
+        parts = segments.distinct(segments.read(records))
+    except segments.MalformedRecord as e:
+        raise DecodeError(
+            MALFORMED_RECORD_STATUS,
+            f"a spooled segment record cannot be read: {e}; the spool holds "
+            "data that this version's segment_record did not write",
+        ) from None
+    first = parts[0]
+    received_at = iso_time(min(part.record["received_at"] for part in parts))
 
-    if is_receipt(first["esm_class"], {tag for tag, _ in tlvs}):
+    if is_receipt(first.record["esm_class"], {tag for tag, _ in first.tlvs}):
         event_type = "receipt.received"
-        data = _receipt_data(first, tlvs, event_id)
+        data = _receipt_data(first, event_id, options)
         data["received_at"] = received_at
     else:
         event_type = "message.received"
-        data = _message_data(segments, tlvs, event_id, alphabet, complete)
+        data = _message_data(parts, event_id, options, complete)
         data["received_at"] = received_at
         data["completed_at"] = iso_time(completed_at)
 
@@ -247,48 +257,7 @@ def iso_time(t: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
 
 
-def tlvs_json(tlvs: list[tuple[int, bytes]]) -> dict:
-    """
-    TLVs by name with simple values; unknown and vendor tags by hex tag.
-
-    A tag that occurs more than once maps to the list of its values.
-    """
-    shown: dict = {}
-    for tag, value in tlvs:
-        key = tag_name(tag) or f"0x{tag:04x}"
-        rendered = _tlv_value(tag, value)
-        if key not in shown:
-            shown[key] = rendered
-        elif isinstance(shown[key], list):
-            shown[key].append(rendered)
-        else:
-            shown[key] = [shown[key], rendered]
-    return shown
-
-
-def session(tlvs: dict[int, bytes]) -> dict | None:
-    """The USSD session of a PDU, or None when it carries no session TLVs."""
-    operation = tlvs.get(TAG_USSD_SERVICE_OP)
-    info = tlvs.get(TAG_ITS_SESSION_INFO)
-    if operation is None and info is None:
-        return None
-
-    op = None
-    if operation is not None:
-        code = _ussd_operation_code(operation)
-        op = USSD_OPERATIONS.get(code) if code is not None else None
-
-    if info is not None and len(info) == 2:
-        return {
-            "id": info[0],
-            "op": op,
-            "sequence": info[1] >> 1,
-            "end": bool(info[1] & 0x01),
-        }
-    return {"id": None, "op": op, "sequence": None, "end": None}
-
-
-# --- building the event data ----------------------------------------------
+# --- text ---------------------------------------------------------------------
 
 
 def _content(mo: MOPdu) -> bytes:
@@ -299,107 +268,116 @@ def _content(mo: MOPdu) -> bytes:
     return payload if payload is not None else b""
 
 
-def _sar(mo: MOPdu) -> Concat | None:
-    values = [mo.tlv(tag) for tag in SAR_TAGS]
-    if any(not value for value in values):
-        return None
-    reference, total, seqnum = (int.from_bytes(v, "big") for v in values)
-    if total <= 1 or seqnum == 0 or seqnum > total:
-        return None
-    return Concat(reference, total, seqnum, "sar")
+def _read(
+    parts: list[segments.Part], declared: str, options: DecodeOptions, tables: dict
+) -> Text:
+    """The text of the parts, unpacking packed GSM 7-bit segment by segment."""
+    packed = declared == "gsm7" and options.gsm7_packed
+    runs = segments.runs(parts, packed=packed)
+    # Limitation: unpacked septets always read as GSM, so a packed bind's
+    # mislabelled text is not recognised and no other reading is tried.
+    fallback = options.fallback and not packed
+    return read_text(runs, declared, fallback=fallback, **tables)
 
 
-def _distinct_segments(records: list[dict]) -> list[dict]:
-    """One record per segment number, in order; the earliest of duplicates."""
-    ordered = sorted(records, key=lambda r: (_seqnum(r), r["received_at"]))
-    segments: list[dict] = []
-    for record in ordered:
-        if not segments or _seqnum(segments[-1]) != _seqnum(record):
-            segments.append(record)
-    return segments
-
-
-def _seqnum(record: dict) -> int:
-    concat = record["concat"]
-    return concat["seqnum"] if concat is not None else 0
-
-
-def _runs(segments: list[dict]) -> list[bytes]:
+def _language(headers: list[udh.Header]) -> tuple[dict | None, dict]:
     """
-    The joined user data of each run of consecutive segments.
+    The national language shifts as the event shows them, and the tables.
 
-    A missing segment ends a run, so that an escape or half a UCS2 character
-    before a gap is not joined to whatever follows the gap.
+    Limitation: the first segment that names a table decides it for the
+    whole message; segments that name different ones are read as if they
+    agreed.
     """
-    runs: list[bytes] = []
-    previous = None
-    for record in segments:
-        data = base64.b64decode(record["user_data"])
-        if previous is not None and _seqnum(record) == previous + 1:
-            runs[-1] += data
-        else:
-            runs.append(data)
-        previous = _seqnum(record)
-    return runs
+    single = next((h.single_shift for h in headers if h.single_shift is not None), None)
+    locking = next(
+        (h.locking_shift for h in headers if h.locking_shift is not None), None
+    )
+    if single is None and locking is None:
+        return None, {}
+
+    chosen = {"locking": locking, "single": single}
+    shown: dict = {side: gsm7.LANGUAGES.get(n) for side, n in chosen.items()}
+    unknown = {
+        side: n
+        for side, n in chosen.items()
+        if n is not None and n not in gsm7.LANGUAGES
+    }
+    if unknown:
+        shown["unknown"] = unknown
+    tables = {side: n if n in gsm7.LANGUAGES else 0 for side, n in chosen.items()}
+    return shown, tables
+
+
+def _text_fields(data: dict, decoded: Text, raw: bytes) -> None:
+    if decoded.fell_back:
+        data["decode_fallback"] = {
+            "declared": decoded.declared,
+            "used": decoded.encoding,
+        }
+    if decoded.fell_back or decoded.replaced:
+        data["raw"] = _b64(raw)
+    if decoded.replaced:
+        data["decode_error"] = True
+
+
+# --- building the event data --------------------------------------------------
 
 
 def _message_data(
-    segments: list[dict],
-    tlvs: list[tuple[int, bytes]],
-    event_id: str,
-    alphabet: str,
-    complete: bool,
+    parts: list[segments.Part], event_id: str, options: DecodeOptions, complete: bool
 ) -> dict:
-    first = segments[0]
-    concat = first["concat"]
-    runs = _runs(segments)
-    user_data = b"".join(runs)
+    first = parts[0]
+    record = first.record
+    concat = record["concat"]
+    headers = [part.header for part in parts if part.header is not None]
+    language, tables = _language(headers)
+    raw = b"".join(part.user_data for part in parts)
 
     # Limitation: segments are decoded with the first segment's data_coding;
     # a message whose segments disagree on it is decoded as if they agreed.
-    encoding = encoding_for(first["data_coding"], alphabet)
+    encoding = options.encoding(record["data_coding"])
     text = None
     binary = None
-    replaced = False
+    decoded = None
     if encoding == "binary":
-        binary = _b64(user_data)
+        binary = _b64(raw)
     else:
-        pieces = [decode_text(run, encoding) for run in runs]
-        text = "".join(piece for piece, _ in pieces)
-        replaced = any(flag for _, flag in pieces)
+        decoded = _read(parts, encoding, options, tables)
+        text, encoding = decoded.text, decoded.encoding
 
     # `parts` stands for the SAR TLVs; the first segment's own copies, with
     # its segment number, would mislead.
-    shown = [
-        (tag, value)
-        for tag, value in tlvs
-        if not (concat is not None and concat["method"] == "sar" and tag in SAR_TAGS)
-    ]
+    sar = concat is not None and concat["method"] == "sar"
+    shown = [(tag, value) for tag, value in first.tlvs if not (sar and tag in SAR_TAGS)]
+    values = first_values(first.tlvs)
     data = {
         "id": event_id,
-        "from": first["source"],
-        "to": first["destination"],
+        "from": record["source"],
+        "to": record["destination"],
         "text": text,
         "binary": binary,
         "encoding": encoding,
-        "data_coding": first["data_coding"],
+        "data_coding": record["data_coding"],
         "parts": {
             "total": concat["total"] if concat is not None else 1,
-            "received": len(segments),
+            "received": len(parts),
             "reference": concat["reference"] if concat is not None else None,
             "method": concat["method"] if concat is not None else None,
             "complete": complete,
         },
-        "operator": first["operator"],
-        "bind": first["bind"],
-        "smpp": _smpp(first, shown),
-        "session": session(_first_values(tlvs)),
+        "operator": record["operator"],
+        "bind": record["bind"],
+        "smpp": _smpp(record, shown),
+        "session": session(values),
     }
 
-    headers = [udh.parse(bytes.fromhex(r["udh"])) for r in segments if r["udh"]]
-    ports = _ports(headers, _first_values(tlvs))
+    ports = next((h.ports.to_json() for h in headers if h.ports is not None), None)
+    if ports is None:
+        ports = tlv.ports(values)
     if ports is not None:
         data["ports"] = ports
+    if language is not None:
+        data["language"] = language
     others: list[dict] = []
     for header in headers:
         for element in header.others:
@@ -408,40 +386,39 @@ def _message_data(
     if others:
         data["udh"] = others
 
-    if replaced:
-        data["raw"] = _b64(user_data)
-        data["decode_error"] = True
+    if decoded is not None:
+        _text_fields(data, decoded, raw)
     return data
 
 
-def _receipt_data(record: dict, tlvs: list[tuple[int, bytes]], event_id: str) -> dict:
+def _receipt_data(part: segments.Part, event_id: str, options: DecodeOptions) -> dict:
     # The SMSC writes receipt text itself, in ASCII, whatever alphabet its
     # subscribers' messages use; read as GSM 7-bit, "_" and "@" would change.
-    user_data = base64.b64decode(record["user_data"])
-    encoding = encoding_for(record["data_coding"], "latin1")
+    # So data_coding 0 is Latin-1 here, whatever the operator's alphabet.
+    record = part.record
+    data_coding = record["data_coding"]
+    encoding = "latin1" if data_coding == 0 else options.encoding(data_coding)
     if encoding == "binary":
         encoding = "latin1"
-    text, replaced = decode_text(user_data, encoding)
+    decoded = _read([part], encoding, options, {})
 
-    values = _first_values(tlvs)
+    values = first_values(part.tlvs)
     data = {
         "id": event_id,
         "receipt": receipt.describe(
-            text,
+            decoded.text,
             receipted_message_id=values.get(TAG_RECEIPTED_MESSAGE_ID),
             message_state_tlv=values.get(TAG_MESSAGE_STATE),
             network_error_code=values.get(TAG_NETWORK_ERROR_CODE),
         ),
-        "text": text,
+        "text": decoded.text,
         "from": record["source"],
         "to": record["destination"],
         "operator": record["operator"],
         "bind": record["bind"],
-        "smpp": _smpp(record, tlvs),
+        "smpp": _smpp(record, part.tlvs),
     }
-    if replaced:
-        data["raw"] = _b64(user_data)
-        data["decode_error"] = True
+    _text_fields(data, decoded, part.user_data)
     return data
 
 
@@ -456,45 +433,6 @@ def _smpp(record: dict, tlvs: list[tuple[int, bytes]]) -> dict:
         "registered_delivery": record["registered_delivery"],
         "tlvs": tlvs_json(tlvs),
     }
-
-
-def _ports(headers: list[udh.Header], tlvs: dict[int, bytes]) -> dict | None:
-    """Ports from the UDH, else from the source_port/destination_port TLVs."""
-    for header in headers:
-        if header.ports is not None:
-            return header.ports.to_json()
-    source = tlvs.get(TAG_SOURCE_PORT)
-    destination = tlvs.get(TAG_DESTINATION_PORT)
-    if source and destination:
-        return {
-            "source": int.from_bytes(source, "big"),
-            "destination": int.from_bytes(destination, "big"),
-        }
-    return None
-
-
-def _tlv_value(tag: int, value: bytes) -> int | str:
-    if tag in INTEGER_TAGS and len(value) in (1, 2, 4):
-        return int.from_bytes(value, "big")
-    if tag in STRING_TAGS:
-        return value.rstrip(b"\x00").decode("latin-1")
-    return value.hex()
-
-
-def _first_values(tlvs: list[tuple[int, bytes]]) -> dict[int, bytes]:
-    """Each tag's first value, as `MOPdu.tlv` reads it."""
-    values: dict[int, bytes] = {}
-    for tag, value in tlvs:
-        values.setdefault(tag, value)
-    return values
-
-
-def _ussd_operation_code(value: bytes) -> int | None:
-    if len(value) == 1:
-        return value[0]
-    # An operation written as decimal text ("17") is read rather than lost.
-    digits = value.rstrip(b"\x00")
-    return int(digits) if digits.isdigit() else None
 
 
 def _b64(data: bytes) -> str:

@@ -3,9 +3,10 @@ The intake: what happens to each deliver_sm between the session and the spool.
 
 It decodes enough to know whether the PDU is a whole message or one segment,
 routes it to a webhook, stores it, and only then names the status the
-session answers with.  Backpressure lives here: past the spool's limit, or
-when the spool fails, the answer is the bind's temporary status, so the SMSC
-keeps the message and offers it again later.
+session answers with.  Backpressure lives here: past the spool's limits
+(undelivered events, open reassemblies, the bytes they hold), or when the
+spool fails, the answer is the bind's temporary status, so the SMSC keeps
+the message and offers it again later.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from p2a_connector import decode
+from p2a_connector.alphabets import DecodeOptions
 from p2a_connector.config import BindConfig, Config
 from p2a_connector.models import MOPdu
 from p2a_connector.smpp_status import ESME_ROK, status_name
-from p2a_connector.spool import Event, Segment, SpoolError
+from p2a_connector.spool import Event, Segment, SpoolError, SpoolLimit
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -65,6 +67,11 @@ class Intake:
         self.spool = spool
         self.clock = clock
         self.on_event = on_event
+        self._options = {
+            bind.name: config.decode_options(bind.name)
+            for operator in config.operators
+            for bind in operator.binds
+        }
 
     def assemble(self, records: list[dict], complete: bool) -> tuple[str, str, bytes]:
         """The spool's assembler: the segments of one message into one event."""
@@ -72,7 +79,7 @@ class Intake:
         event_type, envelope = decode.build_event(
             records,
             event_id=event_id,
-            alphabet=self._alphabet(records[0]["operator"]),
+            options=self._decode_options(records[0]["bind"]),
             complete=complete,
             completed_at=self.clock.seconds(),
         )
@@ -117,6 +124,19 @@ class Intake:
 
         try:
             completed = yield self.spool.store(item)
+        except SpoolLimit as e:
+            self.log.warn(
+                "limits.{limit} = {bound} reached for operator {operator}: "
+                "answering {status} to {command} seq {sequence_number} on {bind}",
+                limit=e.limit,
+                bound=e.bound,
+                operator=e.operator,
+                key=getattr(item, "key", None),
+                command=mo.command,
+                status=status_name(bind.busy_status),
+                **fields,
+            )
+            return bind.busy_status
         except SpoolError as e:
             self.log.error(
                 "spool failed, answering {status} on {bind}: {error}",
@@ -168,7 +188,8 @@ class Intake:
         webhook = self.config.route(bind.operator, mo.destination.address)
 
         concat = inspected.concat
-        if concat is not None:
+        max_segments = self.config.limits.max_segments
+        if concat is not None and concat.total <= max_segments:
             return Segment(
                 key=decode.reassembly_key(bind.operator, mo, concat),
                 seqnum=concat.seqnum,
@@ -176,14 +197,28 @@ class Intake:
                 record=record,
                 webhook=webhook,
                 received_at=now,
+                operator=bind.operator,
             )
 
         event_id = new_event_id(now)
+        if concat is not None:
+            # Refusing would lose text no retry can save; alone it holds nothing.
+            self.log.warn(
+                "segment {seqnum}/{total} seq {sequence_number} on {bind} declares "
+                "more than limits.max_segments = {max_segments} parts: delivered "
+                "alone as {id}, marked incomplete",
+                seqnum=concat.seqnum,
+                total=concat.total,
+                max_segments=max_segments,
+                id=event_id,
+                bind=bind.name,
+                sequence_number=mo.sequence_number,
+            )
         event_type, envelope = decode.build_event(
             [record],
             event_id=event_id,
-            alphabet=self._alphabet(bind.operator),
-            complete=True,
+            options=self._decode_options(bind.name),
+            complete=concat is None,
             completed_at=now,
         )
         return Event(
@@ -194,9 +229,7 @@ class Intake:
             created_at=now,
         )
 
-    def _alphabet(self, operator: str) -> str:
-        try:
-            return self.config.operator(operator).alphabet
-        except KeyError:
-            # The operator left the configuration while its segments waited.
-            return "gsm7"
+    def _decode_options(self, bind_name: str) -> DecodeOptions:
+        # A bind that left the configuration while its segments waited gets
+        # the defaults.
+        return self._options.get(bind_name) or DecodeOptions()

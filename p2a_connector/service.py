@@ -37,6 +37,9 @@ class Connector(Service):
             reactor,
             commit_interval=config.spool.commit_interval,
             completed_ttl=config.reassembly.timeout,
+            max_reassemblies=config.limits.max_reassemblies,
+            max_reassemblies_per_operator=config.limits.max_reassemblies_per_operator,
+            max_reassembly_bytes=config.limits.max_reassembly_bytes,
         )
         self.intake.spool = self.spool
         self.dispatcher = Dispatcher(

@@ -11,13 +11,14 @@ group-committed: they share one transaction and so one fsync.
 All sqlite work runs in one dedicated thread, so the reactor never waits on
 the disk, and the connection is only ever used by that thread.
 
-It implements `p2a_connector.spool.Spool`, which other backends (a Redis
-spool shared by several instances) implement too.
+The segment side (reassembly and its bounds) is
+`p2a_connector.sqlite_reassembly`.  It implements `p2a_connector.spool.Spool`,
+which other backends (a Redis spool shared by several instances) implement
+too.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
@@ -30,10 +31,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from p2a_connector import sqlite_reassembly
 from p2a_connector.spool import (
     Assembler,
     Event,
     PendingEvent,
+    Reassemblies,
     Segment,
     SpoolError,
 )
@@ -61,23 +64,6 @@ CREATE INDEX IF NOT EXISTS event_due_by_webhook ON event (webhook, next_at)
     WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS event_dead ON event (failed_at)
     WHERE state = 'dead';
-
-CREATE TABLE IF NOT EXISTS segment (
-    key TEXT NOT NULL,
-    seqnum INTEGER NOT NULL,
-    total INTEGER NOT NULL,
-    record TEXT NOT NULL,
-    webhook TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    PRIMARY KEY (key, seqnum)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS segment_age ON segment (received_at);
-
-CREATE TABLE IF NOT EXISTS completed (
-    key TEXT PRIMARY KEY,
-    completed_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS completed_age ON completed (completed_at);
 """
 
 _EVENT_COLUMNS = "id, type, webhook, body, attempt, created_at"
@@ -101,8 +87,9 @@ class SqliteSpool:
     `purge`) are group-committed; each Deferred fires after the COMMIT that
     holds it, or errbacks with `SpoolError` if that COMMIT failed, in which
     case none of the writes in that transaction happened.  A write whose own
-    code fails (an assembler raising, say) is undone alone and errbacks with
-    that error; the others in its transaction still commit.
+    code fails (an assembler raising, say, or a segment past a bound raising
+    `SpoolLimit`) is undone alone and errbacks with that error; the others in
+    its transaction still commit.
 
     Reads (`due`, `next_due`, `dead_letters`) see every write whose Deferred
     has fired.
@@ -114,6 +101,12 @@ class SqliteSpool:
         recognised (and ignored) when an SMSC sends them again.
     :param busy_timeout: how long a write waits for another process's lock on
         the file before failing.
+    :param max_reassemblies: messages waiting for segments, in all; past it a
+        segment opening another is refused with `SpoolLimit`.  None: no bound.
+    :param max_reassemblies_per_operator: the same, for each operator.
+    :param max_reassembly_bytes: what the waiting segments may take in the
+        file, counted as stored; past it a segment that does not complete
+        its message is refused with `SpoolLimit`.
     """
 
     log = Logger()
@@ -127,14 +120,22 @@ class SqliteSpool:
         commit_interval: float = 0.002,
         completed_ttl: float = 600.0,
         busy_timeout: float = 2.0,
+        max_reassemblies: int | None = None,
+        max_reassemblies_per_operator: int | None = None,
+        max_reassembly_bytes: int | None = None,
     ):
         self.path = str(path)
         self.commits = 0
-        self._assembler = assembler
         self._reactor = reactor
         self._commit_interval = commit_interval
-        self._completed_ttl = completed_ttl
         self._busy_timeout = busy_timeout
+        self._segments = sqlite_reassembly.Reassembly(
+            assembler,
+            completed_ttl=completed_ttl,
+            max_reassemblies=max_reassemblies,
+            max_reassemblies_per_operator=max_reassemblies_per_operator,
+            max_reassembly_bytes=max_reassembly_bytes,
+        )
         self._db: sqlite3.Connection | None = None
         self._open = False
         self._threads: ThreadPool | None = None
@@ -164,9 +165,11 @@ class SqliteSpool:
         self._open = True
         self._pending = pending
         self.log.info(
-            "spool {path} open with {pending} pending events",
+            "spool {path} open with {pending} pending events and {reassemblies} "
+            "messages waiting for segments",
             path=self.path,
             pending=pending,
+            reassemblies=self._segments.held.count,
         )
 
     def close(self) -> Deferred[None]:
@@ -237,9 +240,11 @@ class SqliteSpool:
                 )
             db.execute("BEGIN IMMEDIATE")
             _create_schema(db)
+            sqlite_reassembly.add_operator_column(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
             pending = _count_pending(db)
+            self._segments.load(db)
         except sqlite3.Error as e:
             db.close()
             raise SpoolError(
@@ -285,18 +290,21 @@ class SqliteSpool:
         db = self._db
         if db is None:
             raise SpoolError(f"spool {self.path}: the spool is not open")
+        segments = self._segments
         outcomes: list[tuple[bool, Any, Any]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
             for write in writes:
+                before = segments.working
                 db.execute("SAVEPOINT item")
                 try:
                     value, delta = write(db)
                 except sqlite3.Error:
                     raise
-                except Exception:  # noqa: BLE001 - a bug fails only its own write
+                except Exception:  # noqa: BLE001 - a bug or a limit fails one write
                     db.execute("ROLLBACK TO item")
                     db.execute("RELEASE item")
+                    segments.working = before
                     outcomes.append((False, Failure(), 0))
                 else:
                     db.execute("RELEASE item")
@@ -305,7 +313,9 @@ class SqliteSpool:
         except sqlite3.Error as e:
             if db.in_transaction:
                 db.rollback()
+            segments.working = segments.held
             raise SpoolError(f"spool {self.path}: cannot commit: {e}") from None
+        segments.held = segments.working
         return outcomes
 
     def _committed(self, result: Any, batch: list[tuple[_Write, Deferred]]) -> None:
@@ -350,7 +360,8 @@ class SqliteSpool:
         if it was new, the assembled Event if the segment completed its
         message, and None otherwise (a repeated event or segment, a segment
         of a message completed within ``completed_ttl``, or a message still
-        missing segments).
+        missing segments).  Errbacks with `SpoolLimit` for a segment past a
+        bound; nothing of it is kept.
         """
         now = self._reactor.seconds()
         if isinstance(item, Event):
@@ -362,61 +373,9 @@ class SqliteSpool:
     def _add_segment(
         self, db: sqlite3.Connection, segment: Segment, now: float
     ) -> tuple[Event | None, int]:
-        recently = db.execute(
-            "SELECT 1 FROM completed WHERE key = ? AND completed_at >= ?",
-            (segment.key, now - self._completed_ttl),
-        ).fetchone()
-        if recently:
+        event = self._segments.add(db, segment, now)
+        if event is None:
             return None, 0
-
-        added = db.execute(
-            "INSERT OR IGNORE INTO segment"
-            " (key, seqnum, total, record, webhook, received_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                segment.key,
-                segment.seqnum,
-                segment.total,
-                json.dumps(segment.record, separators=(",", ":")),
-                segment.webhook,
-                segment.received_at,
-            ),
-        ).rowcount
-        if not added:
-            return None, 0
-
-        present = db.execute(
-            "SELECT count(*) FROM segment WHERE key = ? AND seqnum BETWEEN 1 AND ?",
-            (segment.key, segment.total),
-        ).fetchone()[0]
-        if present < segment.total:
-            return None, 0
-
-        event, delta = self._assemble(db, segment.key, complete=True, now=now)
-        db.execute(
-            "INSERT OR REPLACE INTO completed (key, completed_at) VALUES (?, ?)",
-            (segment.key, now),
-        )
-        return event, delta
-
-    def _assemble(
-        self, db: sqlite3.Connection, key: str, *, complete: bool, now: float
-    ) -> tuple[Event | None, int]:
-        rows = db.execute(
-            "SELECT record, webhook FROM segment WHERE key = ? ORDER BY seqnum",
-            (key,),
-        ).fetchall()
-        event_id, event_type, body = self._assembler(
-            [json.loads(record) for record, _ in rows], complete
-        )
-        event = Event(
-            id=event_id,
-            type=event_type,
-            webhook=rows[0][1],
-            body=body,
-            created_at=now,
-        )
-        db.execute("DELETE FROM segment WHERE key = ?", (key,))
         return _insert_event(db, event, now)
 
     def expire(self, older_than: float) -> Deferred[list[Event]]:
@@ -439,33 +398,8 @@ class SqliteSpool:
     def _expire(
         self, db: sqlite3.Connection, older_than: float, now: float
     ) -> tuple[tuple[list[Event], list[tuple[str, Failure]]], _Recount]:
-        db.execute(
-            "DELETE FROM completed WHERE completed_at < ?",
-            (now - self._completed_ttl,),
-        )
-        keys = [
-            key
-            for (key,) in db.execute(
-                "SELECT DISTINCT key FROM segment INDEXED BY segment_age"
-                " WHERE received_at < ?",
-                (older_than,),
-            )
-        ]
-        events: list[Event] = []
-        failures: list[tuple[str, Failure]] = []
-        for key in keys:
-            db.execute("SAVEPOINT expire")
-            try:
-                event, _ = self._assemble(db, key, complete=False, now=now)
-            except sqlite3.Error:
-                raise
-            except Exception:  # noqa: BLE001 - one bad message must not block the rest
-                db.execute("ROLLBACK TO expire")
-                failures.append((key, Failure()))
-            else:
-                if event is not None:
-                    events.append(event)
-            db.execute("RELEASE expire")
+        assembled, failures = self._segments.expire(db, older_than, now)
+        events = [e for e in assembled if _insert_event(db, e, now)[0] is not None]
         return (events, failures), _Recount(_count_pending(db))
 
     def _expired(
@@ -561,6 +495,10 @@ class SqliteSpool:
         """
         return self._pending
 
+    def reassemblies(self) -> Reassemblies:
+        """The messages waiting for segments, as of the last commit."""
+        return self._segments.held
+
     def due(
         self,
         now: float,
@@ -629,7 +567,7 @@ def _count_pending(db: sqlite3.Connection) -> int:
 
 def _create_schema(db: sqlite3.Connection) -> None:
     # executescript() would COMMIT the transaction opened around it.
-    for statement in _SCHEMA.split(";"):
+    for statement in (_SCHEMA + sqlite_reassembly.SCHEMA).split(";"):
         if statement.strip():
             db.execute(statement)
 

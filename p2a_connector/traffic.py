@@ -91,6 +91,8 @@ def chunks(data: bytes, coding: str, size: int, whole: bool = True) -> list[byte
     pair is cut in two; without it the cut falls anywhere, to test receivers
     that must join such halves.
     """
+    if size < 1:
+        raise ValueError(f"a segment must hold at least one octet, not {size}")
     pieces = []
     start = 0
     while start < len(data):
@@ -101,8 +103,12 @@ def chunks(data: bytes, coding: str, size: int, whole: bool = True) -> list[byte
                     end -= 1
             elif coding == "ucs2":
                 end -= (end - start) % 2
-                if 0xD8 <= data[end - 2] <= 0xDB:
+                if end - start >= 2 and 0xD8 <= data[end - 2] <= 0xDB:
                     end -= 2
+        if end <= start:
+            raise ValueError(
+                f"{size} octets per segment cannot hold a whole {coding} character"
+            )
         pieces.append(data[start:end])
         start = end
     return pieces
@@ -145,11 +151,16 @@ def split(
             size = 160 - (_UDH_OCTETS[method] * 8 + 6) // 7
     pieces = chunks(data, coding, size, whole) or [b""]
     total = len(pieces)
+    if total > 255:
+        raise ValueError(f"{total} segments: a concatenated message has at most 255")
+    limit = 0xFF if method == "udh8" else 0xFFFF
+    if not 0 <= reference <= limit:
+        raise ValueError(f"a {method} reference is 0 to {limit}, not {reference}")
 
     parts = []
     for seqnum, piece in enumerate(pieces, start=1):
         if method == "udh8":
-            udh = bytes((5, 0x00, 3, reference & 0xFF, total, seqnum))
+            udh = bytes((5, 0x00, 3, reference, total, seqnum))
             parts.append(Part(udh + piece, data_coding, esm_class=UDHI))
         elif method == "udh16":
             udh = bytes((6, 0x08, 4)) + struct.pack(">HBB", reference, total, seqnum)

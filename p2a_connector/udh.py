@@ -4,8 +4,10 @@ The User Data Header of a short message (3GPP TS 23.040, 9.2.3.24).
 A UDH is a length octet followed by information elements, each an
 identifier, a length and that many octets.  This module splits one off the
 front of the user data and reads the elements the connector acts on:
-concatenation (8-bit and 16-bit reference) and application ports.  Every
-other element is kept as it came, for the webhook to see.
+concatenation (8-bit and 16-bit reference), application ports and the
+national language shifts that choose the GSM 7-bit tables.  Every other
+element, and any of those whose length is not the one 23.040 gives it, is
+kept as it came, for the webhook to see.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ IEI_CONCAT_8 = 0x00
 IEI_PORTS_8 = 0x04
 IEI_PORTS_16 = 0x05
 IEI_CONCAT_16 = 0x08
+IEI_SINGLE_SHIFT = 0x24
+IEI_LOCKING_SHIFT = 0x25
 
 
 class MalformedUDH(ValueError):
@@ -61,6 +65,10 @@ class Header:
     concat: Concatenation | None
     ports: Ports | None
     others: tuple[Element, ...]
+    # National language identifiers (23.038 6.2.1.2.4), as sent: an
+    # identifier no table exists for is the caller's to report.
+    single_shift: int | None = None
+    locking_shift: int | None = None
 
 
 def split(user_data: bytes) -> tuple[bytes, bytes]:
@@ -120,6 +128,7 @@ def parse(udh: bytes) -> Header:
     """
     concat = None
     ports = None
+    shifts: dict[int, int] = {}
     others = []
     for element in elements(udh):
         if element.iei in (IEI_CONCAT_8, IEI_CONCAT_16):
@@ -132,8 +141,30 @@ def parse(udh: bytes) -> Header:
             if found_ports is not None:
                 ports = found_ports
                 continue
+        elif (
+            element.iei in (IEI_SINGLE_SHIFT, IEI_LOCKING_SHIFT)
+            and len(element.data) == 1
+        ):
+            shifts[element.iei] = element.data[0]
+            continue
         others.append(element)
-    return Header(concat=concat, ports=ports, others=tuple(others))
+    return Header(
+        concat=concat,
+        ports=ports,
+        others=tuple(others),
+        single_shift=shifts.get(IEI_SINGLE_SHIFT),
+        locking_shift=shifts.get(IEI_LOCKING_SHIFT),
+    )
+
+
+def fill_bits(udh: bytes) -> int:
+    """
+    The bits between a UDH and packed GSM 7-bit text that follows it.
+
+    The text starts on the first septet boundary after the header, counted
+    from the start of the user data; ``udh`` includes its length octet.
+    """
+    return (7 - len(udh) * 8 % 7) % 7
 
 
 def _concatenation(element: Element) -> Concatenation | None:

@@ -180,3 +180,82 @@ def test_a_header_the_signature_depends_on_cannot_be_configured(tmp_path):
     )
 
     assert error_for(tmp_path, text).startswith("webhook[0].headers.Webhook-Id: set by")
+
+
+def test_limits_have_defaults_for_a_busy_platform(tmp_path):
+    limits = config.load(write(tmp_path, MINIMAL)).limits
+
+    assert limits.max_segments == 32
+    assert limits.max_reassemblies_per_operator == 10_000
+    assert limits.max_reassemblies == 50_000
+    assert limits.max_reassembly_bytes == 64 * 1024 * 1024
+
+
+def test_limits_are_read_from_their_table(tmp_path):
+    text = MINIMAL + "\n[limits]\nmax_segments = 16\nmax_reassemblies = 500\n"
+
+    limits = config.load(write(tmp_path, text)).limits
+
+    assert (limits.max_segments, limits.max_reassemblies) == (16, 500)
+    assert limits.max_reassemblies_per_operator == 10_000
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "max_segments",
+        "max_reassemblies_per_operator",
+        "max_reassemblies",
+        "max_reassembly_bytes",
+    ],
+)
+def test_a_limit_must_be_a_positive_integer(tmp_path, key):
+    zero = error_for(tmp_path, MINIMAL + f"\n[limits]\n{key} = 0\n")
+    text = error_for(tmp_path, MINIMAL + f'\n[limits]\n{key} = "many"\n')
+    fraction = error_for(tmp_path, MINIMAL + f"\n[limits]\n{key} = 1.5\n")
+
+    assert zero == f"limits.{key}: must be greater than 0, got 0"
+    assert text.startswith(f"limits.{key}: expected an integer")
+    assert fraction.startswith(f"limits.{key}: expected an integer")
+
+
+def test_an_unknown_limit_is_refused(tmp_path):
+    message = error_for(tmp_path, MINIMAL + "\n[limits]\nmax_segment = 8\n")
+
+    assert message == "limits.max_segment: unknown key"
+
+
+def test_bind_decoding_options_reach_the_decoder(tmp_path):
+    text = MINIMAL.replace('name = "op1"', 'name = "op1"\nalphabet = "utf8"').replace(
+        'mode = "transceiver"',
+        'mode = "transceiver"\ngsm7_packed = true\ndecode_fallback = false\n'
+        'data_coding_overrides = { "0x01" = "gsm7", "3" = "utf8" }',
+    )
+
+    options = config.load(write(tmp_path, text)).decode_options("op1-0")
+
+    assert options.alphabet == "utf8"
+    assert options.gsm7_packed is True
+    assert options.fallback is False
+    assert options.coding_overrides == ((1, "gsm7"), (3, "utf8"))
+
+
+def test_an_override_naming_no_encoding_is_refused(tmp_path):
+    text = MINIMAL.replace(
+        'mode = "transceiver"', 'data_coding_overrides = { "0" = "klingon" }'
+    )
+
+    message = error_for(tmp_path, text)
+
+    assert message.startswith("operator[0].bind[0].data_coding_overrides: ")
+    assert "klingon" in message
+
+
+def test_an_override_key_must_be_a_data_coding_value(tmp_path):
+    text = MINIMAL.replace(
+        'mode = "transceiver"', 'data_coding_overrides = { "zero" = "latin1" }'
+    )
+
+    assert error_for(tmp_path, text).startswith(
+        "operator[0].bind[0].data_coding_overrides.zero: not a data_coding value"
+    )

@@ -2,10 +2,11 @@
 
 import base64
 import json
+import random
 
 import pytest
 
-from p2a_connector import decode
+from p2a_connector import decode, gsm7
 from p2a_connector.models import TLV, Address, MOPdu
 from p2a_connector.smpp_status import status_code
 
@@ -46,12 +47,12 @@ def record_of(mo: MOPdu, received_at: float = RECEIVED_AT) -> dict:
 
 
 def event_of(
-    records: list[dict], *, alphabet: str = "gsm7", complete: bool = True
+    records: list[dict], *, complete: bool = True, **options
 ) -> tuple[str, dict]:
     return decode.build_event(
         records,
         event_id="msg_01TEST",
-        alphabet=alphabet,
+        options=decode.DecodeOptions(**options),
         complete=complete,
         completed_at=COMPLETED_AT,
     )
@@ -238,8 +239,8 @@ def test_gsm7_octet_above_0x7f_is_replaced_and_delivered_raw():
     assert data["decode_error"] is True
 
 
-def test_ascii_octet_above_0x7f_is_replaced_and_delivered_raw():
-    data = data_of(make_mo(b"a\xe9", data_coding=1))
+def test_ascii_octet_above_0x7f_without_fallback_is_replaced_and_delivered_raw():
+    data = data_of(make_mo(b"a\xe9", data_coding=1), fallback=False)
 
     assert data["text"] == "a\ufffd"
     assert data["raw"] == b64(b"a\xe9")
@@ -426,7 +427,7 @@ def test_reassembly_key_is_shared_by_the_segments_of_one_message():
     key = decode.reassembly_key("acme", first, decode.inspect(first).concat)
 
     assert key == decode.reassembly_key("acme", second, decode.inspect(second).concat)
-    assert key == '["acme","447700900123","88000",7,2]'
+    assert key == '["acme","447700900123","88000","udh8",7,2]'
 
 
 def test_reassembly_key_differs_by_reference_and_operator():
@@ -603,12 +604,12 @@ def test_message_without_ports_has_no_ports_key():
 
 
 def test_unknown_udh_element_is_kept():
-    mo = make_mo(b"\x08\x00\x03\x2a\x02\x01\x24\x01\x01text", esm_class=0x40)
+    mo = make_mo(b"\x08\x00\x03\x2a\x02\x01\x0a\x01\x01text", esm_class=0x40)
     records = [record_of(mo), record_of(segment(0x2A, 2, 2, b" more"))]
 
     data = event_of(records)[1]["data"]
 
-    assert data["udh"] == [{"iei": 0x24, "data": "01"}]
+    assert data["udh"] == [{"iei": 0x0A, "data": "01"}]
     assert data["text"] == "text more"
 
 
@@ -808,3 +809,540 @@ def test_receipt_is_never_a_segment():
     )
 
     assert decode.inspect(mo).concat is None
+
+
+# --- decode options ------------------------------------------------------
+
+
+def test_build_event_without_options_reads_data_coding_0_as_gsm7():
+    _, envelope = decode.build_event(
+        [record_of(make_mo(b"\x00\x1b\x65"))],
+        event_id="msg_01TEST",
+        complete=True,
+        completed_at=COMPLETED_AT,
+    )
+
+    assert envelope["data"]["text"] == "@€"
+
+
+def test_data_coding_0_as_utf8():
+    data = data_of(make_mo("naïve ✓".encode()), alphabet="utf8")
+
+    assert (data["text"], data["encoding"]) == ("naïve ✓", "utf8")
+
+
+def test_override_reads_data_coding_0_as_latin1():
+    data = data_of(make_mo(b"Gr\xfc\xdfe"), coding_overrides=((0, "latin1"),))
+
+    assert (data["text"], data["encoding"]) == ("Grüße", "latin1")
+    assert data["data_coding"] == 0
+
+
+def test_override_reads_data_coding_1_as_gsm7():
+    data = data_of(make_mo(b"\x00 home", data_coding=1), coding_overrides={1: "gsm7"})
+
+    assert (data["text"], data["encoding"]) == ("@ home", "gsm7")
+
+
+def test_override_to_binary_delivers_the_bytes():
+    data = data_of(make_mo(b"\x01\x02", data_coding=3), coding_overrides={3: "binary"})
+
+    assert data["text"] is None
+    assert data["binary"] == b64(b"\x01\x02")
+
+
+def test_override_of_another_value_leaves_data_coding_0_alone():
+    data = data_of(make_mo(b"\x00"), coding_overrides={1: "latin1"})
+
+    assert (data["text"], data["encoding"]) == ("@", "gsm7")
+
+
+# --- fallback ------------------------------------------------------------
+
+
+def test_utf8_under_data_coding_0_falls_back_to_utf8():
+    octets = "café ☕".encode()
+
+    data = data_of(make_mo(octets))
+
+    assert data["text"] == "café ☕"
+    assert data["encoding"] == "utf8"
+    assert data["decode_fallback"] == {"declared": "gsm7", "used": "utf8"}
+    assert data["raw"] == b64(octets)
+    assert "decode_error" not in data
+
+
+def test_latin1_under_data_coding_0_falls_back_to_latin1():
+    data = data_of(make_mo(b"Gr\xfc\xdfe"))
+
+    assert data["text"] == "Grüße"
+    assert data["decode_fallback"] == {"declared": "gsm7", "used": "latin1"}
+
+
+def test_ucs2_under_data_coding_0_falls_back_to_ucs2():
+    octets = "Καλημέρα".encode("utf-16-be")
+
+    data = data_of(make_mo(octets))
+
+    assert data["text"] == "Καλημέρα"
+    assert data["decode_fallback"] == {"declared": "gsm7", "used": "ucs2"}
+    assert data["raw"] == b64(octets)
+
+
+def test_ucs2_emoji_under_data_coding_0_falls_back_to_ucs2():
+    data = data_of(make_mo("😀".encode("utf-16-be")))
+
+    assert data["text"] == "😀"
+    assert data["encoding"] == "ucs2"
+
+
+def test_ascii_octet_above_0x7f_falls_back_to_latin1():
+    data = data_of(make_mo(b"a\xe9", data_coding=1))
+
+    assert data["text"] == "aé"
+    assert data["decode_fallback"] == {"declared": "ascii", "used": "latin1"}
+
+
+def test_ucs2_of_odd_length_that_reads_as_latin1_falls_back_to_latin1():
+    data = data_of(make_mo(b"Hello", data_coding=8))
+
+    assert data["text"] == "Hello"
+    assert data["decode_fallback"] == {"declared": "ucs2", "used": "latin1"}
+
+
+def test_text_that_reads_under_its_declared_coding_is_not_second_guessed():
+    # Cyrillic UCS2 has no octet above 0x7F; read as GSM 7-bit it is clean.
+    octets = "Да".encode("utf-16-be")
+
+    data = data_of(make_mo(octets))
+
+    assert data["encoding"] == "gsm7"
+    assert "decode_fallback" not in data
+    assert "raw" not in data
+
+
+def test_fallback_off_keeps_the_declared_coding_with_replacements():
+    data = data_of(make_mo("café".encode()), fallback=False)
+
+    assert data["text"] == "caf\ufffd\ufffd"
+    assert data["encoding"] == "gsm7"
+    assert data["decode_error"] is True
+    assert "decode_fallback" not in data
+
+
+def test_without_a_plausible_alternative_the_declared_reading_stands():
+    data = data_of(make_mo(b"ok\x9b"))
+
+    assert data["encoding"] == "gsm7"
+    assert data["decode_error"] is True
+    assert "decode_fallback" not in data
+
+
+def test_fallback_reads_the_joined_segments():
+    octets = "ünïcødé ✓ text".encode()
+    records = [
+        record_of(segment(6, 2, 2, octets[7:])),
+        record_of(segment(6, 2, 1, octets[:7])),
+    ]
+
+    data = event_of(records)[1]["data"]
+
+    assert data["text"] == "ünïcødé ✓ text"
+    assert data["encoding"] == "utf8"
+    assert data["raw"] == b64(octets)
+
+
+def test_receipt_in_utf8_under_data_coding_1_falls_back_to_utf8():
+    text = "id:7 stat:DELIVRD text:Grüße".encode()
+
+    data = data_of(make_mo(text, esm_class=0x04, data_coding=1))
+
+    assert data["receipt"]["text"] == "Grüße"
+    assert data["decode_fallback"] == {"declared": "ascii", "used": "utf8"}
+
+
+# --- national language shifts --------------------------------------------
+
+
+def language_mo(elements: bytes, body: bytes, **fields) -> MOPdu:
+    return make_mo(bytes([len(elements)]) + elements + body, esm_class=0x40, **fields)
+
+
+def test_single_shift_selects_the_national_single_shift_table():
+    data = data_of(language_mo(b"\x24\x01\x01", b"\x1b\x47\x1b\x53"))
+
+    assert data["text"] == "ĞŞ"
+    assert data["language"] == {"locking": None, "single": "turkish"}
+
+
+def test_locking_shift_selects_the_national_locking_shift_table():
+    data = data_of(language_mo(b"\x25\x01\x01", b"\x0b\x1c"))
+
+    assert data["text"] == "ĞŞ"
+    assert data["language"] == {"locking": "turkish", "single": None}
+
+
+def test_both_shifts_of_one_language():
+    data = data_of(language_mo(b"\x24\x01\x01\x25\x01\x01", b"\x07\x1b\x49"))
+
+    assert data["text"] == "ıİ"
+    assert data["language"] == {"locking": "turkish", "single": "turkish"}
+
+
+def test_language_shift_applies_across_concatenated_segments():
+    def part(seqnum: int, body: bytes) -> MOPdu:
+        return language_mo(
+            b"\x00\x03\x09\x02" + bytes([seqnum]) + b"\x24\x01\x01", body
+        )
+
+    records = [record_of(part(2, b"\x47")), record_of(part(1, b"a\x1b"))]
+
+    data = event_of(records)[1]["data"]
+
+    assert data["text"] == "aĞ"
+    assert "udh" not in data
+
+
+def test_unknown_language_uses_the_default_table_and_says_so():
+    data = data_of(language_mo(b"\x24\x01\x63", b"\x1b\x65"))
+
+    assert data["text"] == "€"
+    assert data["language"] == {
+        "locking": None,
+        "single": None,
+        "unknown": {"single": 0x63},
+    }
+
+
+def test_language_element_of_the_wrong_length_is_another_element():
+    data = data_of(language_mo(b"\x24\x02\x01\x01", b"\x1b\x47"))
+
+    assert data["text"] == "G"
+    assert "language" not in data
+    assert data["udh"] == [{"iei": 0x24, "data": "0101"}]
+
+
+def test_message_without_language_shift_has_no_language_key():
+    assert "language" not in data_of(make_mo(b"x"))
+
+
+def test_language_shift_leaves_ucs2_text_alone():
+    data = data_of(
+        language_mo(b"\x24\x01\x01", "G€".encode("utf-16-be"), data_coding=8)
+    )
+
+    assert data["text"] == "G€"
+    assert data["language"] == {"locking": None, "single": "turkish"}
+
+
+# --- packed GSM 7-bit ----------------------------------------------------
+
+
+def packed(text: str, fill_bits: int = 0) -> bytes:
+    return gsm7.pack(gsm7.encode(text), fill_bits=fill_bits)
+
+
+def packed_segment(reference: int, total: int, seqnum: int, text: str) -> MOPdu:
+    # A six-octet UDH is 48 bits: one fill bit reaches the septet boundary.
+    return make_mo(udh8(reference, total, seqnum) + packed(text, 1), esm_class=0x40)
+
+
+def test_packed_gsm7_is_unpacked_before_decoding():
+    data = data_of(make_mo(packed("hellohello")), gsm7_packed=True)
+
+    assert data["text"] == "hellohello"
+    assert "decode_error" not in data
+
+
+def test_packed_gsm7_reads_the_extension_table():
+    data = data_of(make_mo(packed("[5€]")), gsm7_packed=True)
+
+    assert data["text"] == "[5€]"
+
+
+def test_packed_gsm7_padding_in_the_last_octet_is_dropped():
+    # Seven septets leave seven spare bits, as if an eighth '@' were there.
+    data = data_of(make_mo(packed("1234567")), gsm7_packed=True)
+
+    assert data["text"] == "1234567"
+
+
+def test_packed_segments_are_unpacked_after_their_udh_and_joined():
+    records = [
+        record_of(packed_segment(5, 2, 2, "second")),
+        record_of(packed_segment(5, 2, 1, "first, ")),
+    ]
+
+    data = event_of(records, gsm7_packed=True)[1]["data"]
+
+    assert data["text"] == "first, second"
+
+
+def test_packed_segments_after_a_16_bit_udh_have_no_fill_bits():
+    header = b"\x06\x08\x04\x01\x02\x02"
+    records = [
+        record_of(make_mo(header + b"\x01" + packed("one "), esm_class=0x40)),
+        record_of(make_mo(header + b"\x02" + packed("two"), esm_class=0x40)),
+    ]
+
+    data = event_of(records, gsm7_packed=True)[1]["data"]
+
+    assert data["text"] == "one two"
+
+
+def test_packed_segment_before_the_last_keeps_a_final_at_sign():
+    # One fill bit and nine septets fill eight octets exactly: in a segment
+    # before the last, a final '@' there is text, not padding.
+    records = [
+        record_of(packed_segment(5, 2, 1, "abcdefgh@")),
+        record_of(packed_segment(5, 2, 2, "ij")),
+    ]
+
+    data = event_of(records, gsm7_packed=True)[1]["data"]
+
+    assert data["text"] == "abcdefgh@ij"
+
+
+def test_packed_last_segment_drops_a_final_at_sign_as_padding():
+    records = [
+        record_of(packed_segment(5, 2, 1, "ij")),
+        record_of(packed_segment(5, 2, 2, "abcdefgh@")),
+    ]
+
+    data = event_of(records, gsm7_packed=True)[1]["data"]
+
+    assert data["text"] == "ijabcdefgh"
+
+
+def test_packed_escape_split_across_segments_is_joined():
+    septets_one = gsm7.encode("abcde") + b"\x1b"
+    records = [
+        record_of(
+            make_mo(udh8(8, 2, 1) + gsm7.pack(septets_one, fill_bits=1), esm_class=0x40)
+        ),
+        record_of(
+            make_mo(udh8(8, 2, 2) + gsm7.pack(b"\x65", fill_bits=1), esm_class=0x40)
+        ),
+    ]
+
+    data = event_of(records, gsm7_packed=True)[1]["data"]
+
+    assert data["text"] == "abcde€"
+
+
+def test_packed_setting_leaves_ucs2_text_alone():
+    data = data_of(
+        make_mo("Ωmega".encode("utf-16-be"), data_coding=8), gsm7_packed=True
+    )
+
+    assert data["text"] == "Ωmega"
+
+
+def test_packed_setting_applies_to_gsm_coding_groups():
+    data = data_of(make_mo(packed("flash"), data_coding=0xF0), gsm7_packed=True)
+
+    assert data["text"] == "flash"
+
+
+# --- message_payload, concatenation that cannot be used, references -------
+
+
+def test_segments_with_udh_inside_message_payload_join():
+    def part(seqnum: int, body: bytes) -> MOPdu:
+        return make_mo(b"", esm_class=0x40, tlvs=((0x0424, udh8(9, 2, seqnum) + body),))
+
+    records = [record_of(part(2, b"world")), record_of(part(1, b"hello "))]
+
+    data = event_of(records)[1]["data"]
+
+    assert data["text"] == "hello world"
+    assert data["parts"]["method"] == "udh8"
+    assert data["smpp"]["tlvs"] == {}
+
+
+def test_udh_inside_message_payload_overrunning_it_is_refused():
+    mo = make_mo(b"", esm_class=0x40, tlvs=((0x0424, b"\x09\x00\x03\x01"),))
+
+    with pytest.raises(decode.DecodeError) as raised:
+        decode.inspect(mo)
+
+    assert raised.value.status == status_code("ESME_RINVMSGLEN")
+
+
+def test_concatenation_element_of_the_wrong_length_gives_a_plain_message():
+    mo = make_mo(b"\x06\x00\x04\x2a\x02\x01\x00text", esm_class=0x40)
+
+    data = data_of(mo)
+
+    assert data["parts"]["method"] is None
+    assert data["udh"] == [{"iei": 0x00, "data": "2a020100"}]
+    assert data["text"] == "text"
+
+
+def test_16_bit_concatenation_element_of_the_wrong_length_gives_a_plain_message():
+    mo = make_mo(b"\x04\x08\x02\x2a\x02text", esm_class=0x40)
+
+    assert decode.inspect(mo).concat is None
+
+
+def test_8_and_16_bit_references_of_one_sender_have_different_keys():
+    eight = segment(7, 2, 1, b"a")
+    sixteen = make_mo(b"\x06\x08\x04\x00\x07\x02\x01b", esm_class=0x40)
+
+    key8 = decode.reassembly_key("acme", eight, decode.inspect(eight).concat)
+    key16 = decode.reassembly_key("acme", sixteen, decode.inspect(sixteen).concat)
+
+    assert decode.inspect(eight).concat.reference == 7
+    assert decode.inspect(sixteen).concat.reference == 7
+    assert key8 != key16
+
+
+def test_16_bit_and_sar_references_of_one_sender_have_different_keys():
+    sixteen = make_mo(b"\x06\x08\x04\x01\x2c\x02\x01b", esm_class=0x40)
+    sar = make_mo(
+        b"c", tlvs=((0x020C, b"\x01\x2c"), (0x020E, b"\x02"), (0x020F, b"\x01"))
+    )
+
+    assert decode.reassembly_key(
+        "acme", sixteen, decode.inspect(sixteen).concat
+    ) != decode.reassembly_key("acme", sar, decode.inspect(sar).concat)
+
+
+def test_sar_with_a_one_octet_reference_joins():
+    mo = make_mo(b"x", tlvs=((0x020C, b"\x2c"), (0x020E, b"\x02"), (0x020F, b"\x01")))
+
+    assert decode.inspect(mo).concat == decode.Concat(0x2C, 2, 1, "sar")
+
+
+def test_sar_with_a_three_octet_count_is_a_plain_message():
+    mo = make_mo(
+        b"x", tlvs=((0x020C, b"\x00\x01"), (0x020E, b"\x00\x00\x02"), (0x020F, b"\x01"))
+    )
+
+    assert decode.inspect(mo).concat is None
+    assert data_of(mo)["smpp"]["tlvs"]["sar_total_segments"] == "000002"
+
+
+# --- robustness ----------------------------------------------------------
+
+
+def test_its_session_info_of_five_octets_leaves_the_session_id_unknown():
+    mo = make_mo(b"1", tlvs=((0x0501, b"\x01"), (0x1383, b"\x01\x02\x03\x04\x05")))
+
+    assert data_of(mo)["session"] == {
+        "id": None,
+        "op": "pssr_indication",
+        "sequence": None,
+        "end": None,
+    }
+
+
+def test_ussd_operation_outside_smpp_has_no_name():
+    mo = make_mo(b"1", tlvs=((0x0501, b"\x63"), (0x1383, b"\x01\x02")))
+
+    assert data_of(mo)["session"]["op"] is None
+
+
+def test_ussd_operation_of_endless_digits_has_no_name():
+    mo = make_mo(b"1", tlvs=((0x0501, b"9" * 5000),))
+
+    assert data_of(mo)["session"]["op"] is None
+
+
+def test_data_coding_0xff_with_junk_is_binary():
+    data = data_of(make_mo(b"\xff\x00\x80junk", data_coding=0xFF))
+
+    assert data["binary"] == b64(b"\xff\x00\x80junk")
+    assert data["encoding"] == "binary"
+
+
+def test_port_tlvs_of_the_wrong_length_give_no_ports():
+    mo = make_mo(b"x", tlvs=((0x020A, b"\x00\x00\x23\xf0"), (0x020B, b"\x0b\x84")))
+
+    assert "ports" not in data_of(mo)
+
+
+def test_receipt_of_random_octets_is_a_receipt_event():
+    mo = make_mo(bytes(range(256)), esm_class=0x04, tlvs=((0x0427, b"\xff" * 9),))
+
+    event_type, envelope = event_of([record_of(mo)])
+
+    assert event_type == "receipt.received"
+    assert envelope["data"]["receipt"]["message_state"]["name"] is None
+
+
+def test_empty_message_is_an_event_with_empty_text():
+    data = data_of(make_mo(b""))
+
+    assert data["text"] == ""
+
+
+def test_records_that_segment_record_did_not_write_are_refused():
+    record = record_of(make_mo(b"x"))
+    record["user_data"] = "not base64!"
+
+    with pytest.raises(decode.DecodeError) as raised:
+        event_of([record])
+
+    assert raised.value.status == status_code("ESME_RSYSERR")
+    assert "user_data" in raised.value.reason
+
+
+def test_no_records_is_refused():
+    with pytest.raises(decode.DecodeError):
+        event_of([])
+
+
+def test_record_without_a_field_is_refused():
+    record = record_of(make_mo(b"x"))
+    del record["esm_class"]
+
+    with pytest.raises(decode.DecodeError) as raised:
+        event_of([record])
+
+    assert "'esm_class'" in raised.value.reason
+
+
+def random_mo(rng: random.Random) -> MOPdu:
+    def octets(limit: int) -> bytes:
+        return rng.randbytes(rng.choice([0, 1, 2, 3, rng.randrange(limit + 1)]))
+
+    tags = [0x001E, 0x020A, 0x020B, 0x020C, 0x020E, 0x020F, 0x0423, 0x0424]
+    tags += [0x0427, 0x0501, 0x1383, 0x0204, 0x001D, 0x1401, rng.randrange(0x10000)]
+    return make_mo(
+        octets(300),
+        data_coding=rng.randrange(256),
+        esm_class=rng.choice([0x00, 0x04, 0x40, 0x44, 0x24, rng.randrange(256)]),
+        tlvs=tuple((rng.choice(tags), octets(40)) for _ in range(rng.randrange(6))),
+    )
+
+
+def test_random_pdus_give_an_event_or_a_decode_error():
+    rng = random.Random(2604)
+    events = 0
+    for _ in range(3000):
+        mo = random_mo(rng)
+        options = decode.DecodeOptions(
+            alphabet=rng.choice(["gsm7", "latin1", "ascii", "utf8"]),
+            gsm7_packed=rng.random() < 0.5,
+            fallback=rng.random() < 0.8,
+        )
+        try:
+            inspected = decode.inspect(mo)
+        except decode.DecodeError:
+            continue
+        record = record_of(mo)
+        assert record["concat"] == (
+            inspected.concat.to_json() if inspected.concat else None
+        )
+        _, envelope = decode.build_event(
+            [json.loads(json.dumps(record))],
+            event_id="msg_01TEST",
+            options=options,
+            complete=True,
+            completed_at=COMPLETED_AT,
+        )
+        json.dumps(envelope, ensure_ascii=False).encode()
+        events += 1
+
+    assert events > 1000

@@ -88,13 +88,26 @@ def daemon(tmp_path, receiver, smsc):
             pytest_twisted.blockon(process.kill())
 
 
-def bound(smsc: SMSCSimulator, process: Daemon, timeout: float = 20.0) -> Deferred:
-    """The simulator's session once the daemon has bound, or a clear failure."""
+async def bound(smsc: SMSCSimulator, process: Daemon, timeout: float = 20.0):
+    """
+    The simulator's session once the daemon has bound, or a clear failure.
+
+    The simulator counts a bind as done when it sends bind_resp; the daemon
+    only once it has read it, which is what a test acting on the daemon
+    (a SIGTERM, say) must wait for.
+    """
 
     def failed(failure):
         raise AssertionError(f"the daemon did not bind; its log:\n{process.text()}")
 
-    return smsc.whenBound().addTimeout(timeout, reactor).addErrback(failed)
+    session = await smsc.whenBound().addTimeout(timeout, reactor).addErrback(failed)
+    binds = smsc.binds
+    await until(
+        lambda: process.text().count("bound op1-") >= binds,
+        timeout=timeout,
+        what="the daemon logging its bind",
+    )
+    return session
 
 
 def deliver(smsc: SMSCSimulator, part: traffic.Part, **fields) -> Deferred:

@@ -109,3 +109,141 @@ def test_octet_above_0x7f_is_replaced_and_reported():
 
 def test_escape_followed_by_an_octet_above_0x7f_is_replaced_and_reported():
     assert gsm7.decode(b"a\x1b\xffb") == ("a\ufffdb", True)
+
+
+def test_languages_names_the_thirteen_national_language_identifiers():
+    assert gsm7.LANGUAGES == {
+        1: "turkish",
+        2: "spanish",
+        3: "portuguese",
+        4: "bengali",
+        5: "gujarati",
+        6: "hindi",
+        7: "kannada",
+        8: "malayalam",
+        9: "oriya",
+        10: "punjabi",
+        11: "tamil",
+        12: "telugu",
+        13: "urdu",
+    }
+
+
+def test_language_zero_decodes_with_the_default_tables():
+    assert gsm7.decode(b"\x07\x1b\x65", locking=0, single=0) == ("ì€", False)
+
+
+def test_unknown_locking_language_falls_back_to_the_default_alphabet():
+    assert gsm7.decode(b"\x07", locking=99) == ("ì", False)
+
+
+def test_unknown_single_shift_language_falls_back_to_the_extension_table():
+    assert gsm7.decode(b"\x1b\x65\x1bG", single=99) == ("€G", False)
+
+
+def test_every_default_alphabet_character_round_trips():
+    text = "".join(char for code, char in enumerate(gsm7.DEFAULT) if code != 0x1B)
+
+    assert gsm7.decode(gsm7.encode(text)) == (text, False)
+
+
+def test_every_extension_character_round_trips():
+    text = "".join(gsm7.EXTENSION.values())
+
+    assert gsm7.decode(gsm7.encode(text)) == (text, False)
+
+
+def test_encode_writes_one_octet_per_default_character():
+    assert gsm7.encode("Hi @ £5") == b"Hi \x00 \x015"
+
+
+def test_encode_escapes_an_extension_character():
+    assert gsm7.encode("5€ [x]") == b"5\x1b\x65 \x1b\x3cx\x1b\x3e"
+
+
+def test_encode_names_the_character_outside_both_tables():
+    with pytest.raises(ValueError, match="'ж'.*position 2"):
+        gsm7.encode("abж")
+
+
+def test_pack_of_hello_is_the_well_known_vector():
+    assert gsm7.pack(b"hello") == bytes.fromhex("E8329BFD06")
+
+
+def test_pack_of_hellohello_fills_eight_septets_into_seven_octets():
+    assert gsm7.pack(b"hellohello") == bytes.fromhex("E8329BFD4697D9EC37")
+
+
+def test_unpack_of_hello_gives_one_septet_per_octet():
+    assert gsm7.unpack(bytes.fromhex("E8329BFD06")) == b"hello"
+
+
+def test_pack_with_a_fill_bit_shifts_the_septets_by_one_bit():
+    assert gsm7.pack(b"hello", fill_bits=1) == bytes.fromhex("D06536FB0D")
+
+
+def test_unpack_after_a_six_octet_udh_skips_one_fill_bit():
+    fill_bits = (7 - (6 * 8) % 7) % 7
+
+    assert fill_bits == 1
+    assert gsm7.unpack(bytes.fromhex("D06536FB0D"), fill_bits=fill_bits) == b"hello"
+
+
+@pytest.mark.parametrize("fill_bits", range(7))
+@pytest.mark.parametrize("length", range(21))
+def test_pack_then_unpack_with_the_septet_count_round_trips(length, fill_bits):
+    septets = bytes((index * 37 + 11) % 128 for index in range(length))
+    packed = gsm7.pack(septets, fill_bits=fill_bits)
+
+    assert len(packed) == (fill_bits + 7 * length + 7) // 8
+    assert gsm7.unpack(packed, fill_bits=fill_bits, septets=length) == septets
+
+
+@pytest.mark.parametrize("fill_bits", range(7))
+@pytest.mark.parametrize("length", range(21))
+def test_unpack_without_a_count_finds_every_septet(length, fill_bits):
+    septets = b"ABCDEFGHIJKLMNOPQRSTU"[:length]
+
+    packed = gsm7.pack(septets, fill_bits=fill_bits)
+
+    assert gsm7.unpack(packed, fill_bits=fill_bits) == septets
+
+
+def test_seven_zero_bits_at_the_end_of_the_seventh_octet_are_not_an_at_sign():
+    packed = gsm7.pack(b"ABCDEFG")
+
+    assert len(packed) == 7
+    assert gsm7.unpack(packed) == b"ABCDEFG"
+
+
+def test_carriage_return_in_the_eighth_septet_is_taken_as_padding():
+    assert gsm7.unpack(gsm7.pack(b"ABCDEFG\r")) == b"ABCDEFG"
+
+
+def test_carriage_return_before_the_last_septet_is_kept():
+    assert gsm7.unpack(gsm7.pack(b"ABCDE\rG")) == b"ABCDE\rG"
+
+
+def test_a_real_at_sign_in_the_eighth_septet_needs_the_septet_count():
+    packed = gsm7.pack(b"ABCDEFG\x00")
+
+    assert gsm7.unpack(packed, septets=8) == b"ABCDEFG\x00"
+
+
+def test_unpack_of_nothing_is_nothing():
+    assert gsm7.unpack(b"") == b""
+
+
+def test_unpack_refuses_more_septets_than_the_octets_hold():
+    with pytest.raises(ValueError, match="5 septets asked for"):
+        gsm7.unpack(b"\x41\x41\x41\x41", septets=5)
+
+
+def test_unpack_refuses_seven_fill_bits():
+    with pytest.raises(ValueError, match="fill_bits must be 0 to 6"):
+        gsm7.unpack(b"\x41", fill_bits=7)
+
+
+def test_pack_refuses_an_octet_above_0x7f():
+    with pytest.raises(ValueError, match="0x80 at 1"):
+        gsm7.pack(b"A\x80")

@@ -98,6 +98,15 @@ async def test_two_segments_make_one_event_after_the_second(intake):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_waiting_segment_counts_against_its_operator(intake):
+    first, _ = traffic.split("two parts " * 20, "gsm7", "udh8", reference=3)
+
+    await intake.receive(bind(intake), mo(first))
+
+    assert intake.spool.reassemblies().by_operator == {"op1": 1}
+
+
+@pytest_twisted.ensureDeferred
 async def test_past_max_pending_the_bind_busy_status_is_answered(intake):
     part = traffic.split("x", "gsm7", None)[0]
     for _ in range(2):

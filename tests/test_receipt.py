@@ -145,3 +145,36 @@ def test_tlv_only_receipt():
     assert described["message_state"] == {"code": 5, "name": "UNDELIVERABLE"}
     assert described["network_error_code"] == {"type": 1, "code": 0x22}
     assert described["stat"] is None
+
+
+def test_text_of_control_characters_and_stray_colons_is_read_as_far_as_it_goes():
+    fields = receipt.parse_text("\x00\x1b :: id:\x00 stat: text:\udcff")
+
+    assert fields == {"id": "\x00", "stat": "", "text": "\udcff"}
+
+
+def test_describe_never_fails_on_any_latin1_text():
+    described = receipt.describe(bytes(range(256)).decode("latin-1") * 4)
+
+    assert set(described) >= {"message_id", "stat", "extra"}
+
+
+def test_date_of_other_unicode_digits_is_kept_or_read_but_never_fails():
+    assert receipt.parse_date("²" * 10) == "²" * 10
+
+
+def test_message_state_of_several_octets_is_read_as_one_number():
+    assert receipt.message_state(b"\x00\x00\x00\x02") == {
+        "code": 2,
+        "name": "DELIVERED",
+    }
+
+
+def test_empty_message_state_is_not_read():
+    assert receipt.message_state(b"") is None
+
+
+def test_receipted_message_id_that_is_not_text_is_kept_as_latin1():
+    described = receipt.describe("", receipted_message_id=b"\xff\xfe1\x00")
+
+    assert described["message_id"] == "ÿþ1"

@@ -34,7 +34,11 @@ def reassemble(parts: list[traffic.Part], alphabet: str = "gsm7") -> dict:
             )
         )
     _, envelope = decode.build_event(
-        records, event_id="msg_1", alphabet=alphabet, complete=True, completed_at=2.0
+        records,
+        event_id="msg_1",
+        options=decode.DecodeOptions(alphabet=alphabet),
+        complete=True,
+        completed_at=2.0,
     )
     return envelope["data"]
 
@@ -85,3 +89,23 @@ def test_whole_cuts_never_split_an_escape():
 def test_gsm7_encode_refuses_a_character_outside_the_alphabet():
     with pytest.raises(ValueError):
         traffic.gsm7_encode("ж")
+
+
+@pytest.mark.parametrize(
+    ("text", "coding", "size"),
+    [("€", "gsm7", 1), ("👋", "ucs2", 3), ("ab", "ucs2", 1), ("abc", "gsm7", 0)],
+)
+def test_a_segment_too_small_for_one_character_is_refused(text, coding, size):
+    with pytest.raises(ValueError):
+        traffic.split(text, coding, "udh8", size=size)
+
+
+@pytest.mark.parametrize(("method", "reference"), [("udh8", 256), ("udh16", 65536)])
+def test_a_reference_out_of_range_is_refused(method, reference):
+    with pytest.raises(ValueError, match="reference"):
+        traffic.split("a" * 400, "gsm7", method, reference=reference)
+
+
+def test_more_than_255_segments_is_refused():
+    with pytest.raises(ValueError, match="255"):
+        traffic.split("a" * 300, "gsm7", "udh8", size=1)

@@ -58,10 +58,10 @@ def test_unknown_element_is_kept_as_it_came():
 
 
 def test_unknown_element_is_kept_beside_concatenation():
-    header = udh.parse(b"\x08\x00\x03\x2a\x02\x01\x24\x01\x01")
+    header = udh.parse(b"\x08\x00\x03\x2a\x02\x01\x0a\x01\x01")
 
     assert header.concat is not None
-    assert header.others == (udh.Element(0x24, b"\x01"),)
+    assert header.others == (udh.Element(0x0A, b"\x01"),)
 
 
 def test_element_longer_than_the_header_is_rejected():
@@ -103,3 +103,50 @@ def test_repeated_concatenation_element_uses_the_last_occurrence():
 
 def test_element_to_json_gives_identifier_and_hex_data():
     assert udh.Element(0x24, b"\xab\x01").to_json() == {"iei": 0x24, "data": "ab01"}
+
+
+def test_single_shift_gives_its_language_identifier():
+    header = udh.parse(b"\x03\x24\x01\x01")
+
+    assert header.single_shift == 1
+    assert header.locking_shift is None
+    assert header.others == ()
+
+
+def test_locking_shift_gives_its_language_identifier():
+    header = udh.parse(b"\x03\x25\x01\x0d")
+
+    assert header.locking_shift == 13
+    assert header.single_shift is None
+
+
+def test_unknown_language_identifier_is_given_as_sent():
+    assert udh.parse(b"\x03\x24\x01\x63").single_shift == 0x63
+
+
+def test_language_shift_of_the_wrong_length_is_kept_as_another_element():
+    header = udh.parse(b"\x04\x25\x02\x01\x01")
+
+    assert header.locking_shift is None
+    assert header.others == (udh.Element(0x25, b"\x01\x01"),)
+
+
+def test_header_without_elements_has_nothing():
+    header = udh.parse(b"\x00")
+
+    assert header == udh.Header(concat=None, ports=None, others=())
+
+
+@pytest.mark.parametrize(
+    ("header", "bits"),
+    [
+        (b"\x05\x00\x03\x2a\x02\x01", 1),
+        (b"\x06\x08\x04\x12\x34\x02\x01", 0),
+        (b"\x03\x24\x01\x01", 3),
+        (b"\x00", 6),
+    ],
+    ids=["udh8", "udh16", "single-shift", "empty"],
+)
+def test_fill_bits_reach_the_next_septet_boundary(header, bits):
+    assert udh.fill_bits(header) == bits
+    assert (len(header) * 8 + bits) % 7 == 0
