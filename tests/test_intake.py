@@ -42,6 +42,7 @@ port = 2775
 system_id = "p2a"
 password = "secret"
 busy_status = "ESME_RTHROTTLED"
+data_coding_overrides = { "0" = "latin1" }
 """
 
 
@@ -154,3 +155,15 @@ def test_event_ids_are_unique_and_sort_by_time(now):
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 30 and i.startswith("msg_") for i in ids)
     assert max(ids[:-1]) < ids[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_bind_data_coding_override_decides_how_text_reads(intake):
+    part = traffic.Part("café".encode("latin-1"), data_coding=0)
+
+    await intake.receive(bind(intake), mo(part))
+
+    (due,) = await intake.spool.due(reactor.seconds() + 1, 10)
+    data = json.loads(due.body)["data"]
+    assert data["text"] == "café"
+    assert data["encoding"] == "latin1"
