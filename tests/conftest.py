@@ -7,6 +7,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 
 from p2a_connector.config import BindConfig
+from p2a_connector.receiver import Receiver
 from p2a_connector.simulator import SMSCSimulator
 
 
@@ -70,3 +71,12 @@ def smpp_logged_failures():
     globalLogPublisher.addObserver(observe)
     yield failures
     globalLogPublisher.removeObserver(observe)
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on 127.0.0.1 that records and verifies requests."""
+    receiver = Receiver()
+    pytest_twisted.blockon(receiver.start())
+    yield receiver
+    pytest_twisted.blockon(receiver.stop())

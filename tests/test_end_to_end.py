@@ -50,14 +50,6 @@ def until(condition, timeout: float = 15.0, what: str = "condition"):
 
 
 @pytest.fixture
-def receiver():
-    receiver = Receiver()
-    pytest_twisted.blockon(receiver.start())
-    yield receiver
-    pytest_twisted.blockon(receiver.stop())
-
-
-@pytest.fixture
 def smsc(smpp_simulator):
     return smpp_simulator
 

@@ -191,14 +191,6 @@ def node():
 
 
 @pytest.fixture
-def receiver():
-    receiver = Receiver()
-    pytest_twisted.blockon(receiver.start())
-    yield receiver
-    pytest_twisted.blockon(receiver.stop())
-
-
-@pytest.fixture
 def node_smsc(node, tmp_path):
     """A function starting smsc.js with a corpus; each one is stopped at the end."""
     started = []
