@@ -19,8 +19,8 @@ from twisted.internet.defer import ensureDeferred
 from p2a_connector import config
 from p2a_connector.config import Config, ConfigError
 from p2a_connector.decode import iso_time
-from p2a_connector.spool import SpoolError
-from p2a_connector.sqlite_spool import SqliteSpool
+from p2a_connector.spool import Spool, SpoolError
+from p2a_connector.spools import location, spool_from_config
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def describe(loaded: Config) -> str:
-    lines = [f"spool: {loaded.spool.backend} at {loaded.spool.path}"]
+    lines = [f"spool: {loaded.spool.backend} at {location(loaded.spool)}"]
     for webhook in loaded.webhooks:
         lines.append(
             f"webhook {webhook.name}: {webhook.url} "
@@ -53,7 +53,7 @@ def describe(loaded: Config) -> str:
     return "\n".join(lines)
 
 
-def _with_spool(args: argparse.Namespace, work: Callable[[SqliteSpool], Any]) -> int:
+def _with_spool(args: argparse.Namespace, work: Callable[[Spool], Any]) -> int:
     """Open the configured spool, run ``work`` on it, close it; an exit status."""
     try:
         loaded = config.load(args.config)
@@ -63,7 +63,7 @@ def _with_spool(args: argparse.Namespace, work: Callable[[SqliteSpool], Any]) ->
     outcome = {"status": 0}
 
     async def run(reactor) -> None:
-        spool = SqliteSpool(loaded.spool.path, _no_assembly, reactor)
+        spool = spool_from_config(loaded.spool, _no_assembly, reactor)
         try:
             await spool.open()
         except SpoolError as e:
@@ -90,7 +90,7 @@ def _no_assembly(records: list[dict], complete: bool) -> tuple[str, str, bytes]:
 
 
 def dead_letters_list(args: argparse.Namespace) -> int:
-    async def work(spool: SqliteSpool) -> int:
+    async def work(spool: Spool) -> int:
         letters = await spool.dead_letters(limit=args.limit)
         for letter in letters:
             if args.json:
@@ -109,7 +109,7 @@ def dead_letters_list(args: argparse.Namespace) -> int:
 
 
 def _dead_letters_action(
-    verb: str, act: Callable[[SqliteSpool, list[str] | None], Any], done: str
+    verb: str, act: Callable[[Spool, list[str] | None], Any], done: str
 ) -> Callable[[argparse.Namespace], int]:
     """A command acting on named dead letters, or on all with --all."""
 
@@ -118,7 +118,7 @@ def _dead_letters_action(
             print(f"name the dead letters to {verb}, or give --all", file=sys.stderr)
             return 2
 
-        async def work(spool: SqliteSpool) -> int:
+        async def work(spool: Spool) -> int:
             count = await act(spool, None if args.all else args.ids)
             print(f"{count} dead letter(s) {done}")
             return 0 if args.all or count == len(args.ids) else 1
@@ -129,9 +129,11 @@ def _dead_letters_action(
 
 
 dead_letters_replay = _dead_letters_action(
-    "replay", SqliteSpool.replay, "queued for delivery again"
+    "replay", lambda spool, ids: spool.replay(ids), "queued for delivery again"
 )
-dead_letters_purge = _dead_letters_action("purge", SqliteSpool.purge, "deleted")
+dead_letters_purge = _dead_letters_action(
+    "purge", lambda spool, ids: spool.purge(ids), "deleted"
+)
 
 
 def parser() -> argparse.ArgumentParser:

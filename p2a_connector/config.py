@@ -11,7 +11,7 @@ import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import attrs
 
@@ -114,6 +114,11 @@ class SpoolConfig:
     path: str = "var/spool.db"
     max_pending: int = 100_000
     commit_interval: float = 0.002
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "p2a"
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str = "mymaster"
+    claim_idle: float = 60.0
 
 
 @attrs.frozen
@@ -365,16 +370,66 @@ def _unique(where: str, names: list[str]) -> None:
 
 def _spool(s: _Section) -> SpoolConfig:
     sd = _defaults(SpoolConfig)
-    backend = s.choice("backend", ("sqlite",), "sqlite")
+    backend = s.choice("backend", ("sqlite", "redis"), "sqlite")
     path = s.get("path", str, sd["path"])
+    url = s.get("url", str, sd["url"])
+    try:
+        parse_redis_url(url)
+    except ValueError as e:
+        raise ConfigError(
+            f"{s.key('url')}: {e}: {url!r}; expected redis://host:port/db"
+        ) from None
+    prefix = s.get("prefix", str, sd["prefix"])
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ConfigError(
+            f"{s.key('prefix')}: must be a non-empty name without braces, "
+            f"got {prefix!r}"
+        )
     config = SpoolConfig(
         backend=backend,
         path=path,
         max_pending=s.positive("max_pending", int, sd["max_pending"]),
         commit_interval=s.get("commit_interval", float, sd["commit_interval"]),
+        url=url,
+        prefix=prefix,
+        sentinels=_sentinels(s),
+        sentinel_master=s.get("sentinel_master", str, sd["sentinel_master"]),
+        claim_idle=s.positive("claim_idle", float, sd["claim_idle"]),
     )
     s.finish()
     return config
+
+
+def parse_redis_url(url: str) -> tuple[str, int, int, str | None, str | None]:
+    """host, port, database, username and password of a ``redis://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError("expected a redis:// URL")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("the port is not a number") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database must be a number, got {path!r}")
+    if not parts.hostname:
+        raise ValueError("the host is missing")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return parts.hostname, port, int(path or 0), username, password
+
+
+def _sentinels(s: _Section) -> tuple[tuple[str, int], ...]:
+    sentinels = []
+    for index, address in enumerate(s.get("sentinels", list, [])):
+        key = f"{s.key('sentinels')}[{index}]"
+        if not isinstance(address, str):
+            raise ConfigError(f'{key}: expected a string "host:port"')
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f'{key}: expected "host:port", got {address!r}')
+        sentinels.append((host.strip("[]"), int(port)))
+    return tuple(sentinels)
 
 
 def _reassembly(s: _Section) -> ReassemblyConfig:

@@ -19,7 +19,7 @@ from p2a_connector.config import Config
 from p2a_connector.dispatcher import Dispatcher
 from p2a_connector.intake import Intake
 from p2a_connector.spool import SpoolError
-from p2a_connector.sqlite_spool import SqliteSpool
+from p2a_connector.spools import location, spool_from_config
 
 
 class Connector(Service):
@@ -31,15 +31,12 @@ class Connector(Service):
         self.config = config
         self.reactor = reactor
         self.intake = Intake(config, None, reactor, on_event=self._on_event)
-        self.spool = SqliteSpool(
-            config.spool.path,
+        self.spool = spool_from_config(
+            config.spool,
             self.intake.assemble,
             reactor,
-            commit_interval=config.spool.commit_interval,
+            config.limits,
             completed_ttl=config.reassembly.timeout,
-            max_reassemblies=config.limits.max_reassemblies,
-            max_reassemblies_per_operator=config.limits.max_reassemblies_per_operator,
-            max_reassembly_bytes=config.limits.max_reassembly_bytes,
         )
         self.intake.spool = self.spool
         self.dispatcher = Dispatcher(
@@ -69,14 +66,14 @@ class Connector(Service):
         except SpoolError as e:
             self.log.critical(
                 "cannot open the spool at {path}: {error}; stopping",
-                path=self.config.spool.path,
+                path=location(self.config.spool),
                 error=str(e),
             )
             self.reactor.stop()
             return
         self.log.info(
             "spool open at {path} with {pending} undelivered events",
-            path=self.config.spool.path,
+            path=location(self.config.spool),
             pending=self.spool.pending(),
         )
         self.dispatcher.startService()

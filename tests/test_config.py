@@ -259,3 +259,38 @@ def test_an_override_key_must_be_a_data_coding_value(tmp_path):
     assert error_for(tmp_path, text).startswith(
         "operator[0].bind[0].data_coding_overrides.zero: not a data_coding value"
     )
+
+
+def test_a_redis_spool_is_configured_by_url_prefix_and_sentinels(tmp_path):
+    text = MINIMAL.replace(
+        'backend = "sqlite"',
+        'backend = "redis"\nurl = "redis://10.0.0.5:6380/2"\nprefix = "p2a-eu"\n'
+        'sentinels = ["10.0.0.7:26379", "10.0.0.8:26379"]\nclaim_idle = 90',
+    )
+
+    spool = config.load(write(tmp_path, text)).spool
+
+    assert (spool.backend, spool.url, spool.prefix) == (
+        "redis",
+        "redis://10.0.0.5:6380/2",
+        "p2a-eu",
+    )
+    assert spool.sentinels == (("10.0.0.7", 26379), ("10.0.0.8", 26379))
+    assert (spool.sentinel_master, spool.claim_idle) == ("mymaster", 90.0)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('url = "http://127.0.0.1/0"', "spool.url: expected a redis:// URL"),
+        ('url = "redis://127.0.0.1:6379/x"', "spool.url: the database must"),
+        ('prefix = "{p2a}"', "spool.prefix: must be a non-empty name"),
+        ('sentinels = ["10.0.0.7"]', r"spool.sentinels\[0\]: expected \"host:port\""),
+        ("claim_idle = 0", "spool.claim_idle: must be greater than 0"),
+    ],
+)
+def test_a_bad_redis_spool_key_is_named(tmp_path, line, message):
+    text = MINIMAL.replace('backend = "sqlite"', f'backend = "redis"\n{line}')
+
+    with pytest.raises(ConfigError, match=message):
+        config.load(write(tmp_path, text))

@@ -1,0 +1,483 @@
+"""
+The Lua scripts of the Redis spool: each change to the spool is one script,
+so it happens whole or not at all, whichever instance runs it.
+
+Every key carries the spool's hash tag (``{p2a}:...``), so all of them hash
+to one slot.  Limitation: most scripts build their keys inside Lua from the
+prefix in ARGV (the caller often knows only an event id), so they declare
+no KEYS; that works on one Redis server, with or without Sentinel, but a
+Redis Cluster would refuse or misroute them.
+
+Floats (times) travel as the strings Python wrote and are stored as they
+came: Lua would print them with 14 digits and lose precision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import attrs
+
+
+@attrs.frozen
+class Script:
+    name: str
+    source: bytes
+    sha: str = attrs.field()
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.source).hexdigest()
+
+
+# Shared by the scripts that add an event to the delivery queue.
+_STORE_EVENT = """
+local function ensure_group(stream, group)
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+  end
+end
+
+local function store_event(prefix, group, id, etype, webhook, body, created, now)
+  local ev = prefix .. 'ev:' .. id
+  if redis.call('EXISTS', ev) == 1 then
+    return 0
+  end
+  local stream = prefix .. 'events:' .. webhook
+  ensure_group(stream, group)
+  local entry = redis.call('XADD', stream, '*', 'id', id)
+  redis.call('HSET', ev, 'type', etype, 'webhook', webhook, 'body', body,
+    'created_at', created, 'state', 'pending', 'attempt', '0',
+    'next_at', now, 'entry', entry)
+  redis.call('SADD', prefix .. 'webhooks', webhook)
+  redis.call('INCR', prefix .. 'pending')
+  return 1
+end
+
+local function counted(prefix, status, extra)
+  return {status, redis.call('HGETALL', prefix .. 'counts'),
+    redis.call('GET', prefix .. 'pending') or '0', extra or {}}
+end
+
+local function forget_entry(prefix, group, ev)
+  local webhook, entry = unpack(redis.call('HMGET', ev, 'webhook', 'entry'))
+  if entry then
+    local stream = prefix .. 'events:' .. webhook
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    redis.call('HDEL', ev, 'entry')
+  end
+  return webhook
+end
+"""
+
+# KEYS: segments hash, completed marker.
+# ARGV: prefix, seqnum, total, record, webhook, received_at, operator, key,
+#       max_reassemblies, max_per_operator, max_bytes (-1: none), token.
+# Replies held / ignored / limit (with the bound's name) / complete (with the
+# token, webhook and every record in seqnum order); complete writes nothing.
+_ADD_SEGMENT = """
+local seg, done = KEYS[1], KEYS[2]
+local prefix = ARGV[1]
+local counts = prefix .. 'counts'
+local field = 's:' .. ARGV[2]
+if redis.call('EXISTS', done) == 1 or redis.call('HEXISTS', seg, field) == 1 then
+  return counted(prefix, 'ignored')
+end
+
+local opened = redis.call('EXISTS', seg) == 0
+local present = tonumber(redis.call('HGET', seg, 'present') or '0')
+if present + 1 >= tonumber(ARGV[3]) then
+  local records = {{tonumber(ARGV[2]), ARGV[4]}}
+  local fields = redis.call('HGETALL', seg)
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 's:' then
+      records[#records + 1] = {tonumber(string.sub(fields[i], 3)), fields[i + 1]}
+    end
+  end
+  table.sort(records, function(a, b) return a[1] < b[1] end)
+  local token, webhook = '', ARGV[5]
+  if not opened then
+    token, webhook = unpack(redis.call('HMGET', seg, 'token', 'webhook'))
+  end
+  local extra = {token, webhook}
+  for _, record in ipairs(records) do extra[#extra + 1] = record[2] end
+  return counted(prefix, 'complete', extra)
+end
+
+local size = string.len(ARGV[4])
+local operator_field = 'op:' .. ARGV[7]
+if opened then
+  local of_operator = tonumber(redis.call('HGET', counts, operator_field) or '0')
+  local max_per_operator = tonumber(ARGV[10])
+  if max_per_operator >= 0 and of_operator + 1 > max_per_operator then
+    return counted(prefix, 'limit', {'max_reassemblies_per_operator'})
+  end
+  local count = tonumber(redis.call('HGET', counts, 'count') or '0')
+  local max_count = tonumber(ARGV[9])
+  if max_count >= 0 and count + 1 > max_count then
+    return counted(prefix, 'limit', {'max_reassemblies'})
+  end
+end
+local held = tonumber(redis.call('HGET', counts, 'bytes') or '0')
+local max_bytes = tonumber(ARGV[11])
+if max_bytes >= 0 and held + size > max_bytes then
+  return counted(prefix, 'limit', {'max_reassembly_bytes'})
+end
+
+if opened then
+  redis.call('HSET', seg, 'token', ARGV[12], 'webhook', ARGV[5],
+    'operator', ARGV[7], 'key', ARGV[8], 'present', '0', 'size', '0')
+  redis.call('HINCRBY', counts, 'count', 1)
+  redis.call('HINCRBY', counts, operator_field, 1)
+end
+redis.call('HSET', seg, field, ARGV[4])
+redis.call('HINCRBY', seg, 'present', 1)
+redis.call('HINCRBY', seg, 'size', size)
+redis.call('HINCRBY', counts, 'bytes', size)
+redis.call('ZADD', prefix .. 'open', 'LT', ARGV[6], seg)
+return counted(prefix, 'held')
+"""
+
+# KEYS: segments hash, completed marker.
+# ARGV: prefix, group, token, completed_ttl in ms (0: no marker), mode
+#       (complete or expire), id, type, webhook, body, created_at, now.
+# Closes the reassembly the token names and stores its event, or replies
+# ignored (another instance completed it) or stale (it changed since read).
+_FINISH = """
+local seg, done = KEYS[1], KEYS[2]
+local prefix, group = ARGV[1], ARGV[2]
+local counts = prefix .. 'counts'
+if ARGV[5] == 'complete' and redis.call('EXISTS', done) == 1 then
+  return counted(prefix, 'ignored')
+end
+local token = redis.call('HGET', seg, 'token') or ''
+if token ~= ARGV[3] then
+  return counted(prefix, 'stale')
+end
+
+if token ~= '' then
+  local operator, size = unpack(redis.call('HMGET', seg, 'operator', 'size'))
+  redis.call('DEL', seg)
+  redis.call('ZREM', prefix .. 'open', seg)
+  redis.call('HINCRBY', counts, 'count', -1)
+  redis.call('HINCRBY', counts, 'bytes', -tonumber(size))
+  if redis.call('HINCRBY', counts, 'op:' .. operator, -1) <= 0 then
+    redis.call('HDEL', counts, 'op:' .. operator)
+  end
+end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  redis.call('SET', done, '1', 'PX', ttl)
+end
+local added = store_event(prefix, group, ARGV[6], ARGV[7], ARGV[8], ARGV[9],
+  ARGV[10], ARGV[11])
+return counted(prefix, added == 1 and 'stored' or 'duplicate')
+"""
+
+# KEYS: the reassembly's segments hash.  Replies its token, then its records.
+_READ_SEGMENTS = """
+local fields = redis.call('HGETALL', KEYS[1])
+local records, token = {}, nil
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 2) == 's:' then
+    records[#records + 1] = {tonumber(string.sub(fields[i], 3)), fields[i + 1]}
+  elseif fields[i] == 'token' then
+    token = fields[i + 1]
+  end
+end
+if not token then return {} end
+table.sort(records, function(a, b) return a[1] < b[1] end)
+local out = {token}
+for _, record in ipairs(records) do out[#out + 1] = record[2] end
+return out
+"""
+
+# KEYS: none.  ARGV: prefix, group, id, type, webhook, body, created_at, now.
+_STORE = """
+local added = store_event(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+  ARGV[7], ARGV[8])
+return counted(ARGV[1], added == 1 and 'stored' or 'duplicate')
+"""
+
+# ARGV: prefix, group, id.
+_DELIVERED = """
+local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
+local ev = prefix .. 'ev:' .. id
+if redis.call('HGET', ev, 'state') == 'pending' then
+  local webhook = forget_entry(prefix, group, ev)
+  redis.call('ZREM', prefix .. 'retry:' .. webhook, id)
+  redis.call('DEL', ev)
+  redis.call('DECR', prefix .. 'pending')
+end
+return counted(prefix, 'done')
+"""
+
+# ARGV: prefix, group, id, attempt, next_at, error.
+_RETRY = """
+local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
+local ev = prefix .. 'ev:' .. id
+if redis.call('HGET', ev, 'state') == 'pending' then
+  local webhook = forget_entry(prefix, group, ev)
+  redis.call('HSET', ev, 'attempt', ARGV[4], 'next_at', ARGV[5], 'error', ARGV[6])
+  redis.call('ZADD', prefix .. 'retry:' .. webhook, ARGV[5], id)
+end
+return counted(prefix, 'done')
+"""
+
+# ARGV: prefix, group, id, attempt, reason, now.
+_DEAD = """
+local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
+local ev = prefix .. 'ev:' .. id
+if redis.call('HGET', ev, 'state') == 'pending' then
+  local webhook = forget_entry(prefix, group, ev)
+  redis.call('ZREM', prefix .. 'retry:' .. webhook, id)
+  local letter = redis.call('XADD', prefix .. 'dead', '*', 'id', id)
+  redis.call('HSET', ev, 'state', 'dead', 'attempt', ARGV[4], 'error', ARGV[5],
+    'failed_at', ARGV[6], 'letter', letter)
+  redis.call('DECR', prefix .. 'pending')
+end
+return counted(prefix, 'done')
+"""
+
+# The dead letters named in ARGV[4...], or all of them when ARGV[3] is '1'.
+_DEAD_IDS = """
+local function dead_ids(prefix, all, first)
+  local ids = {}
+  if all == '1' then
+    for _, letter in ipairs(redis.call('XRANGE', prefix .. 'dead', '-', '+')) do
+      ids[#ids + 1] = letter[2][2]
+    end
+  else
+    for i = first, #ARGV do ids[#ids + 1] = ARGV[i] end
+  end
+  return ids
+end
+
+local function take_letter(prefix, id)
+  local ev = prefix .. 'ev:' .. id
+  if redis.call('HGET', ev, 'state') ~= 'dead' then return nil end
+  redis.call('XDEL', prefix .. 'dead', redis.call('HGET', ev, 'letter'))
+  return ev
+end
+"""
+
+# ARGV: prefix, group, all, now, ids...
+_REPLAY = """
+local prefix, group = ARGV[1], ARGV[2]
+local count = 0
+for _, id in ipairs(dead_ids(prefix, ARGV[3], 5)) do
+  local ev = take_letter(prefix, id)
+  if ev then
+    local stream = prefix .. 'events:' .. redis.call('HGET', ev, 'webhook')
+    ensure_group(stream, group)
+    local entry = redis.call('XADD', stream, '*', 'id', id)
+    redis.call('HDEL', ev, 'error', 'failed_at', 'letter')
+    redis.call('HSET', ev, 'state', 'pending', 'attempt', '0', 'next_at', ARGV[4],
+      'entry', entry)
+    redis.call('INCR', prefix .. 'pending')
+    count = count + 1
+  end
+end
+return counted(prefix, 'done', {tostring(count)})
+"""
+
+# ARGV: prefix, group, all, ids...
+_PURGE = """
+local prefix = ARGV[1]
+local count = 0
+for _, id in ipairs(dead_ids(prefix, ARGV[3], 4)) do
+  local ev = take_letter(prefix, id)
+  if ev then
+    redis.call('DEL', ev)
+    count = count + 1
+  end
+end
+return counted(prefix, 'done', {tostring(count)})
+"""
+
+# ARGV: prefix, limit.
+_DEAD_LETTERS = """
+local out = {}
+local letters = redis.call('XRANGE', ARGV[1] .. 'dead', '-', '+', 'COUNT', ARGV[2])
+for _, letter in ipairs(letters) do
+  local id = letter[2][2]
+  local row = redis.call('HMGET', ARGV[1] .. 'ev:' .. id, 'type', 'webhook',
+    'error', 'attempt', 'created_at', 'failed_at')
+  table.insert(row, 1, id)
+  out[#out + 1] = row
+end
+return out
+"""
+
+# Moves the retries of one webhook that are due into its stream, then hands
+# this consumer, in order: its own unacknowledged entries, entries other
+# consumers left idle for claim_idle ms, and new entries; at most limit, none
+# in exclude.
+# ARGV: prefix, group, consumer, webhook, now, limit, claim_idle, exclude...
+_DUE = """
+local prefix, group, consumer, webhook = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local limit = tonumber(ARGV[6])
+local stream = prefix .. 'events:' .. webhook
+local retry = prefix .. 'retry:' .. webhook
+local exclude = {}
+for i = 8, #ARGV do exclude[ARGV[i]] = true end
+
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', retry, '-inf', ARGV[5])) do
+  local ev = prefix .. 'ev:' .. id
+  if redis.call('HGET', ev, 'state') == 'pending' then
+    ensure_group(stream, group)
+    redis.call('HSET', ev, 'entry', redis.call('XADD', stream, '*', 'id', id))
+  end
+  redis.call('ZREM', retry, id)
+end
+if redis.call('EXISTS', stream) == 0 then return {} end
+
+local out, seen = {}, {}
+local function take(entries)
+  for _, entry in ipairs(entries) do
+    if #out >= limit then return end
+    local entry_id, fields = entry[1], entry[2]
+    if not fields or #fields < 2 then
+      redis.call('XACK', stream, group, entry_id)
+    elseif not exclude[fields[2]] and not seen[entry_id] then
+      local id = fields[2]
+      local row = redis.call('HMGET', prefix .. 'ev:' .. id, 'type', 'webhook',
+        'body', 'attempt', 'created_at', 'next_at', 'state', 'entry')
+      if row[7] == 'pending' and row[8] == entry_id then
+        seen[entry_id] = true
+        out[#out + 1] = {id, row[1], row[2], row[3], row[4], row[5], row[6]}
+      else
+        redis.call('XACK', stream, group, entry_id)
+        redis.call('XDEL', stream, entry_id)
+      end
+    end
+  end
+end
+
+local mine = redis.call('XREADGROUP', 'GROUP', group, consumer,
+  'COUNT', limit + #ARGV - 7, 'STREAMS', stream, '0')
+if mine then take(mine[1][2]) end
+if #out < limit then
+  local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[7],
+    '0-0', 'COUNT', limit - #out)
+  take(claimed[2])
+end
+if #out < limit then
+  local new = redis.call('XREADGROUP', 'GROUP', group, consumer,
+    'COUNT', limit - #out, 'STREAMS', stream, '>')
+  if new then take(new[1][2]) end
+end
+return out
+"""
+
+# When the next event of one webhook not in exclude can be handed out: a
+# retry's next_at, an entry waiting in the stream, or the moment another
+# consumer's entry becomes claimable.  Replies the time as a string, or nil.
+# ARGV: prefix, group, consumer, webhook, now, claim_idle, exclude...
+_NEXT_DUE = """
+local prefix, group, consumer, webhook = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, claim_idle = tonumber(ARGV[5]), tonumber(ARGV[6])
+local stream = prefix .. 'events:' .. webhook
+local exclude = {}
+for i = 7, #ARGV do exclude[ARGV[i]] = true end
+local best, best_text = nil, nil
+local function offer(text)
+  local at = tonumber(text)
+  if at and (best == nil or at < best) then best, best_text = at, text end
+end
+local function next_at(id)
+  return redis.call('HGET', prefix .. 'ev:' .. id, 'next_at')
+end
+
+local scheduled = redis.call('ZRANGE', prefix .. 'retry:' .. webhook,
+  0, #ARGV - 6, 'WITHSCORES')
+for i = 1, #scheduled, 2 do
+  if not exclude[scheduled[i]] then
+    offer(next_at(scheduled[i]) or scheduled[i + 1])
+    break
+  end
+end
+if redis.call('EXISTS', stream) == 0 then return best_text end
+
+local last = '0-0'
+for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local name, delivered = nil, nil
+  for i = 1, #info, 2 do
+    if info[i] == 'name' then name = info[i + 1] end
+    if info[i] == 'last-delivered-id' then delivered = info[i + 1] end
+  end
+  if name == group then last = delivered end
+end
+local unread = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 1)
+if #unread > 0 then offer(next_at(unread[1][2][2]) or ARGV[5]) end
+
+for _, held in ipairs(redis.call('XPENDING', stream, group, '-', '+', 1000)) do
+  local entry = redis.call('XRANGE', stream, held[1], held[1])
+  if #entry > 0 then
+    local id = entry[1][2][2]
+    if held[2] == consumer then
+      if not exclude[id] then offer(next_at(id) or ARGV[5]) end
+    else
+      local wait = math.max(0, claim_idle - held[3]) / 1000
+      offer(string.format('%.17g', now + wait))
+    end
+  end
+end
+return best_text
+"""
+
+# Sets the pending counter from what the queues hold, in case a bug or a
+# manual change made it drift.  ARGV: prefix.
+_RECOUNT = """
+local prefix = ARGV[1]
+local pending = 0
+for _, webhook in ipairs(redis.call('SMEMBERS', prefix .. 'webhooks')) do
+  pending = pending + redis.call('XLEN', prefix .. 'events:' .. webhook)
+  pending = pending + redis.call('ZCARD', prefix .. 'retry:' .. webhook)
+end
+redis.call('SET', prefix .. 'pending', pending)
+return counted(prefix, 'done')
+"""
+
+# ARGV: prefix.
+_COUNTS = """
+return counted(ARGV[1], 'done')
+"""
+
+
+def _script(name: str, *parts: str) -> Script:
+    return Script(name, "\n".join(parts).encode())
+
+
+ADD_SEGMENT = _script("add_segment", _STORE_EVENT, _ADD_SEGMENT)
+FINISH = _script("finish", _STORE_EVENT, _FINISH)
+READ_SEGMENTS = _script("read_segments", _READ_SEGMENTS)
+STORE = _script("store", _STORE_EVENT, _STORE)
+DELIVERED = _script("delivered", _STORE_EVENT, _DELIVERED)
+RETRY = _script("retry", _STORE_EVENT, _RETRY)
+DEAD = _script("dead", _STORE_EVENT, _DEAD)
+REPLAY = _script("replay", _STORE_EVENT, _DEAD_IDS, _REPLAY)
+PURGE = _script("purge", _STORE_EVENT, _DEAD_IDS, _PURGE)
+DEAD_LETTERS = _script("dead_letters", _DEAD_LETTERS)
+DUE = _script("due", _STORE_EVENT, _DUE)
+NEXT_DUE = _script("next_due", _NEXT_DUE)
+RECOUNT = _script("recount", _STORE_EVENT, _RECOUNT)
+COUNTS = _script("counts", _STORE_EVENT, _COUNTS)
+
+ALL = (
+    ADD_SEGMENT,
+    FINISH,
+    READ_SEGMENTS,
+    STORE,
+    DELIVERED,
+    RETRY,
+    DEAD,
+    REPLAY,
+    PURGE,
+    DEAD_LETTERS,
+    DUE,
+    NEXT_DUE,
+    RECOUNT,
+    COUNTS,
+)

@@ -1,0 +1,654 @@
+"""
+What every spool backend promises, run against each of them, then what only
+the Redis spool promises: several instances sharing it, Redis going away and
+coming back.
+"""
+
+import json
+import os
+
+import pytest
+import pytest_twisted
+from redis_server import RedisServer, available
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
+
+from p2a_connector.redis_spool import RedisSpool
+from p2a_connector.spool import Event, Reassemblies, Segment, SpoolError, SpoolLimit
+from p2a_connector.sqlite_spool import SqliteSpool
+
+needs_redis = pytest.mark.skipif(
+    not available(), reason="no redis-server binary on this machine"
+)
+
+
+class Assembler:
+    """Joins the segments' text; a fresh id per message, as spools require."""
+
+    def __init__(self):
+        self.calls: list[tuple[list[dict], bool]] = []
+
+    def __call__(self, records: list[dict], complete: bool) -> tuple[str, str, bytes]:
+        self.calls.append((records, complete))
+        reference = records[0]["ref"]
+        text = "".join(record["text"] for record in records)
+        body = json.dumps({"text": text, "complete": complete}).encode()
+        earlier = sum(1 for r, _ in self.calls if r[0]["ref"] == reference)
+        suffix = f"_{earlier}" if earlier > 1 else ""
+        return f"msg_{reference}{suffix}", "message.received", body
+
+
+def event(event_id: str, webhook: str = "app") -> Event:
+    body = json.dumps({"data": {"id": event_id}}).encode()
+    return Event(event_id, "message.received", webhook, body, reactor.seconds())
+
+
+def segment(
+    ref: str, seqnum: int, total: int, at: float = 0.0, operator: str = "op1"
+) -> Segment:
+    return Segment(
+        key=f"{operator}|447700900001|88000|{ref}|{total}",
+        seqnum=seqnum,
+        total=total,
+        record={"ref": ref, "text": f"<{ref}.{seqnum}>"},
+        webhook="app",
+        received_at=at or reactor.seconds(),
+        operator=operator,
+    )
+
+
+def size(s: Segment) -> int:
+    return len(json.dumps(s.record, separators=(",", ":")))
+
+
+async def _tick(delay: float = 0.005) -> None:
+    await deferLater(reactor, delay, lambda: None)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if not available():
+        pytest.skip("no redis-server binary on this machine")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+class Backends:
+    """Makes spools of one backend that share one store, as reopening does."""
+
+    def __init__(self, kind: str, tmp_path, request):
+        self.kind = kind
+        self.path = str(tmp_path / "spool.db")
+        self.prefix = f"t{os.urandom(4).hex()}"
+        self.url = None
+        if kind == "redis":
+            self.url = request.getfixturevalue("redis_server").url
+        self.opened: list = []
+
+    def make(self, assembler=None, **options):
+        assembler = assembler or Assembler()
+        if self.kind == "sqlite":
+            spool = SqliteSpool(self.path, assembler, reactor, **options)
+        else:
+            spool = RedisSpool(
+                self.url, assembler, reactor, prefix=self.prefix, **options
+            )
+        self.opened.append(spool)
+        return spool
+
+    async def open(self, assembler=None, **options):
+        spool = self.make(assembler, **options)
+        await spool.open()
+        return spool
+
+
+@pytest_twisted.async_yield_fixture(params=["sqlite", "redis"])
+async def backend(request, tmp_path):
+    backends = Backends(request.param, tmp_path, request)
+    yield backends
+    for spool in backends.opened:
+        await spool.close()
+
+
+@pytest.fixture
+def assembler():
+    return Assembler()
+
+
+@pytest_twisted.async_yield_fixture
+async def spool(backend, assembler):
+    yield await backend.open(assembler)
+
+
+async def reopened(backend, spool, assembler=None):
+    await spool.close()
+    return await backend.open(assembler)
+
+
+# --- durability ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_fires_with_the_event_once_it_is_kept(spool):
+    stored = await spool.store(event("msg_1"))
+
+    assert stored.id == "msg_1"
+    assert spool.pending() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stored_event_survives_reopening(backend, spool):
+    stored = await spool.store(event("msg_1"))
+
+    again = await reopened(backend, spool)
+    due = await again.due(reactor.seconds(), 10)
+
+    assert [e.id for e in due] == ["msg_1"]
+    assert due[0].body == stored.body
+    assert again.pending() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_event_is_stored_once(spool):
+    assert (await spool.store(event("msg_1"))).id == "msg_1"
+    assert await spool.store(event("msg_1")) is None
+    assert spool.pending() == 1
+
+
+# --- reassembly ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_completion_yields_one_event_from_the_records_in_order(spool, assembler):
+    results = [
+        await spool.store(segment("r1", 3, 3)),
+        await spool.store(segment("r1", 1, 3)),
+        await spool.store(segment("r1", 2, 3)),
+    ]
+
+    assert results[:2] == [None, None]
+    assert results[2].id == "msg_r1"
+    assert json.loads(results[2].body) == {
+        "text": "<r1.1><r1.2><r1.3>",
+        "complete": True,
+    }
+    assert len(assembler.calls) == 1
+    assert spool.pending() == 1
+    assert spool.reassemblies() == Reassemblies()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_segment_is_ignored(spool, assembler):
+    await spool.store(segment("r1", 1, 2))
+    assert await spool.store(segment("r1", 1, 2)) is None
+
+    completed = await spool.store(segment("r1", 2, 2))
+
+    assert json.loads(completed.body)["text"] == "<r1.1><r1.2>"
+    assert len(assembler.calls[0][0]) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_segment_of_a_completed_message_is_ignored(spool, assembler):
+    await spool.store(segment("r1", 1, 2))
+    await spool.store(segment("r1", 2, 2))
+
+    assert await spool.store(segment("r1", 2, 2)) is None
+    assert await spool.store(segment("r1", 1, 2)) is None
+    assert await spool.expire(reactor.seconds() + 3600) == []
+    assert len(assembler.calls) == 1
+    assert spool.pending() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_completed_ttl_the_same_key_starts_a_new_message(backend):
+    spool = await backend.open(completed_ttl=0.0)
+    await spool.store(segment("r1", 1, 2))
+    await spool.store(segment("r1", 2, 2))
+    await _tick()
+
+    await spool.store(segment("r1", 1, 2))
+
+    assert [e.id for e in await spool.expire(reactor.seconds() + 1)] == ["msg_r1_2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_orphan_expires_as_an_incomplete_event(spool, assembler):
+    await spool.store(segment("r1", 1, 3, at=1000.0))
+    await spool.store(segment("r1", 3, 3, at=1500.0))
+
+    expired = await spool.expire(older_than=1001.0)
+
+    assert [e.id for e in expired] == ["msg_r1"]
+    assert json.loads(expired[0].body) == {
+        "text": "<r1.1><r1.3>",
+        "complete": False,
+    }
+    assert spool.pending() == 1
+    assert spool.reassemblies() == Reassemblies()
+    assert await spool.expire(older_than=reactor.seconds()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_expire_leaves_younger_messages_alone(spool):
+    await spool.store(segment("r1", 1, 2, at=2000.0))
+
+    assert await spool.expire(older_than=2000.0) == []
+    assert (await spool.store(segment("r1", 2, 2))).id == "msg_r1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_sibling_of_an_expired_message_is_not_dropped(spool):
+    await spool.store(segment("r1", 1, 2, at=1000.0))
+    await spool.expire(older_than=1001.0)
+
+    await spool.store(segment("r1", 2, 2, at=1002.0))
+    late = await spool.expire(older_than=1003.0)
+
+    assert json.loads(late[0].body) == {"text": "<r1.2>", "complete": False}
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_segments_resume_after_reopening(backend, spool):
+    await spool.store(segment("r1", 1, 2))
+    await spool.store(event("msg_single"))
+
+    again = await reopened(backend, spool)
+    completed = await again.store(segment("r1", 2, 2))
+
+    assert json.loads(completed.body)["text"] == "<r1.1><r1.2>"
+    assert again.pending() == 2
+
+
+# --- the delivery queue ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_due_lists_events_waiting_longest_first(spool):
+    for n in range(3):
+        await spool.store(event(f"msg_{n}"))
+
+    due = await spool.due(reactor.seconds(), 10)
+
+    assert [e.id for e in due] == ["msg_0", "msg_1", "msg_2"]
+    assert [e.attempt for e in due] == [0, 0, 0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_due_respects_limit_exclude_and_webhook(spool):
+    for name in ("msg_a1", "msg_a2", "msg_a3"):
+        await spool.store(event(name, webhook="a"))
+    await spool.store(event("msg_b1", webhook="b"))
+    now = reactor.seconds()
+
+    assert [e.id for e in await spool.due(now, 1, webhook="a")] == ["msg_a1"]
+    assert [e.id for e in await spool.due(now, 2, exclude={"msg_a1"}, webhook="a")] == [
+        "msg_a2",
+        "msg_a3",
+    ]
+    assert [e.id for e in await spool.due(now, 10, webhook="b")] == ["msg_b1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_due_hands_out_again_what_was_not_acknowledged(spool):
+    await spool.store(event("msg_1"))
+    now = reactor.seconds()
+
+    first = await spool.due(now, 10)
+    second = await spool.due(now, 10)
+
+    assert [e.id for e in first] == [e.id for e in second] == ["msg_1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_next_due_is_the_earliest_attempt_time(spool):
+    assert await spool.next_due() is None
+    await spool.store(event("msg_1"))
+    await spool.store(event("msg_2"))
+    now = reactor.seconds()
+    await spool.retry("msg_1", 1, now + 50, "HTTP 503")
+    await spool.retry("msg_2", 1, now + 20, "HTTP 503")
+
+    assert await spool.next_due() == now + 20
+    assert await spool.next_due(exclude={"msg_2"}) == now + 50
+    assert await spool.next_due(webhook="other") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_retry_postpones_an_event_and_counts_the_attempt(spool):
+    await spool.store(event("msg_1"))
+    now = reactor.seconds()
+    await spool.due(now, 10)
+
+    await spool.retry("msg_1", 1, now + 100, "HTTP 503")
+
+    assert await spool.due(now, 10) == []
+    [later] = await spool.due(now + 100, 10)
+    assert (later.id, later.attempt) == ("msg_1", 1)
+    assert spool.pending() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivered_forgets_the_event(spool):
+    await spool.store(event("msg_1"))
+    await spool.due(reactor.seconds(), 10)
+
+    await spool.delivered("msg_1")
+
+    assert spool.pending() == 0
+    assert await spool.due(reactor.seconds(), 10) == []
+    assert await spool.next_due() is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_moves_the_event_to_the_dead_letters(spool):
+    await spool.store(event("msg_1"))
+
+    await spool.dead("msg_1", 3, "HTTP 400")
+
+    assert spool.pending() == 0
+    assert await spool.due(reactor.seconds(), 10) == []
+    [letter] = await spool.dead_letters()
+    assert (letter["id"], letter["webhook"], letter["type"]) == (
+        "msg_1",
+        "app",
+        "message.received",
+    )
+    assert (letter["reason"], letter["attempts"]) == ("HTTP 400", 3)
+    assert letter["failed_at"] >= letter["created_at"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_replay_makes_dead_letters_due_now_from_attempt_zero(spool):
+    for n in range(3):
+        await spool.store(event(f"msg_{n}"))
+        await spool.retry(f"msg_{n}", 2, reactor.seconds() + 10, "HTTP 503")
+        await spool.dead(f"msg_{n}", 2, "HTTP 400")
+
+    assert await spool.replay(["msg_1", "msg_unknown"]) == 1
+    assert spool.pending() == 1
+    [again] = await spool.due(reactor.seconds(), 10)
+    assert (again.id, again.attempt) == ("msg_1", 0)
+
+    assert await spool.replay(None) == 2
+    assert spool.pending() == 3
+    assert await spool.dead_letters() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_deletes_dead_letters_only(spool):
+    for n in range(3):
+        await spool.store(event(f"msg_{n}"))
+    await spool.dead("msg_0", 1, "HTTP 400")
+    await spool.dead("msg_1", 1, "HTTP 400")
+
+    assert await spool.purge(["msg_0", "msg_2"]) == 1
+    assert [d["id"] for d in await spool.dead_letters()] == ["msg_1"]
+    assert await spool.purge(None) == 1
+    assert await spool.dead_letters() == []
+    assert spool.pending() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_counts_survive_reopening(backend, spool):
+    await gatherResults([spool.store(event(f"msg_{n}")) for n in range(3)])
+    await spool.dead("msg_0", 1, "HTTP 400")
+
+    again = await reopened(backend, spool)
+
+    assert again.pending() == 2
+
+
+# --- limits ----------------------------------------------------------------------
+
+
+def bounded(backend, **bounds):
+    options = {"max_reassemblies_per_operator": 2, "max_reassemblies": 3}
+    options.update(bounds)
+    return backend.open(**options)
+
+
+async def refusal(d) -> SpoolLimit:
+    with pytest.raises(SpoolLimit) as info:
+        await d
+    return info.value
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_the_per_operator_bound_a_new_reassembly_is_refused(backend):
+    spool = await bounded(backend)
+    await spool.store(segment("a", 1, 2))
+    await spool.store(segment("b", 1, 2))
+
+    refused = await refusal(spool.store(segment("c", 1, 2)))
+
+    assert (refused.limit, refused.bound, refused.operator) == (
+        "max_reassemblies_per_operator",
+        2,
+        "op1",
+    )
+    assert spool.reassemblies().by_operator == {"op1": 2}
+    assert await spool.store(segment("d", 1, 2, operator="op2")) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_the_total_bound_a_new_reassembly_is_refused(backend):
+    spool = await bounded(backend)
+    for ref, operator in [("a", "op1"), ("b", "op1"), ("c", "op2")]:
+        await spool.store(segment(ref, 1, 2, operator=operator))
+
+    refused = await refusal(spool.store(segment("d", 1, 2, operator="op3")))
+
+    assert (refused.limit, refused.bound) == ("max_reassemblies", 3)
+    assert spool.reassemblies().count == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_the_bound_open_reassemblies_still_complete(backend):
+    spool = await bounded(backend)
+    await spool.store(segment("a", 1, 3))
+    await spool.store(segment("b", 1, 2))
+    await refusal(spool.store(segment("c", 1, 2)))
+
+    assert await spool.store(segment("a", 2, 3)) is None
+    completed = await spool.store(segment("a", 3, 3))
+
+    assert json.loads(completed.body)["text"] == "<a.1><a.2><a.3>"
+    assert await spool.store(segment("c", 1, 2)) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_the_byte_bound_a_segment_is_refused_unless_it_completes(
+    backend,
+):
+    record_bytes = size(segment("a", 1, 3))
+    spool = await backend.open(max_reassembly_bytes=2 * record_bytes)
+    await spool.store(segment("a", 1, 3))
+    await spool.store(segment("b", 1, 2))
+
+    refused = await refusal(spool.store(segment("a", 2, 3)))
+    completed = await spool.store(segment("b", 2, 2))
+
+    assert (refused.limit, refused.bound) == ("max_reassembly_bytes", 2 * record_bytes)
+    assert completed is not None
+    assert spool.reassemblies() == Reassemblies(1, record_bytes, {"op1": 1})
+
+
+@pytest_twisted.ensureDeferred
+async def test_counts_go_down_when_messages_complete_and_expire(backend):
+    spool = await bounded(backend)
+    await spool.store(segment("a", 1, 2))
+    await spool.store(segment("b", 1, 2, operator="op2"))
+    await spool.store(segment("a", 1, 2))
+
+    await spool.store(segment("a", 2, 2))
+    held = spool.reassemblies()
+    assert (held.count, held.by_operator) == (1, {"op2": 1})
+    assert held.bytes == size(segment("b", 1, 2, operator="op2"))
+
+    await spool.expire(older_than=reactor.seconds() + 1)
+    assert spool.reassemblies() == Reassemblies()
+
+
+@pytest_twisted.ensureDeferred
+async def test_counts_survive_reopening(backend):
+    spool = await bounded(backend)
+    await spool.store(segment("a", 1, 3))
+    await spool.store(segment("a", 2, 3))
+    await spool.store(segment("b", 1, 2, operator="op2"))
+    before = spool.reassemblies()
+    await spool.close()
+
+    again = await bounded(backend)
+
+    assert again.reassemblies() == before
+    assert (before.count, before.by_operator) == (2, {"op1": 1, "op2": 1})
+
+
+# --- only the Redis spool: several instances, Redis going away ---------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def instances(redis_server):
+    """Two Redis spools of two instances, sharing one prefix."""
+    prefix = f"t{os.urandom(4).hex()}"
+    pair = [
+        RedisSpool(redis_server.url, Assembler(), reactor, prefix=prefix, **options)
+        for options in ({"claim_idle": 0.2}, {"claim_idle": 0.2})
+    ]
+    for spool in pair:
+        await spool.open()
+    yield pair
+    for spool in pair:
+        await spool.close()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_two_instances_each_given_half_the_segments_make_one_event(instances):
+    first, second = instances
+    total = 6
+    stores = []
+    for seqnum in range(1, total + 1):
+        spool = first if seqnum % 2 else second
+        stores.append(spool.store(segment("r1", seqnum, total)))
+    # The SMSC resends the last segment through the other instance's bind.
+    stores.append(first.store(segment("r1", total, total)))
+
+    results = await gatherResults(stores)
+
+    made = [result for result in results if result is not None]
+    assert len(made) == 1
+    assert json.loads(made[0].body)["text"] == "".join(
+        f"<r1.{n}>" for n in range(1, total + 1)
+    )
+    due = await second.due(reactor.seconds(), 10)
+    assert [e.id for e in due] == [made[0].id]
+    await first.expire(older_than=0.0)
+    assert first.reassemblies() == Reassemblies()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_two_instances_completing_at_once_make_one_event(instances):
+    first, second = instances
+    await first.store(segment("r1", 1, 2))
+
+    results = await gatherResults(
+        [first.store(segment("r1", 2, 2)), second.store(segment("r1", 2, 2))]
+    )
+
+    assert len([r for r in results if r is not None]) == 1
+    await first.expire(older_than=0.0)
+    assert first.pending() == 1
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_an_event_a_dead_instance_took_goes_to_another_after_claim_idle(
+    instances,
+):
+    first, second = instances
+    await first.store(event("msg_1"))
+    [taken] = await first.due(reactor.seconds(), 10)
+
+    assert await second.due(reactor.seconds(), 10) == []
+    assert await second.next_due() <= reactor.seconds() + 0.2
+    await _tick(0.3)
+    [claimed] = await second.due(reactor.seconds(), 10)
+    await second.delivered(claimed.id)
+
+    assert claimed.id == taken.id == "msg_1"
+    assert claimed.body == taken.body
+    assert second.pending() == 0
+    assert await first.due(reactor.seconds(), 10) == []
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    if not available():
+        pytest.skip("no redis-server binary on this machine")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_redis_stopped_fails_a_store_with_spool_error_quickly(own_redis):
+    spool = RedisSpool(own_redis.url, Assembler(), reactor)
+    await spool.open()
+    own_redis.stop()
+    started = reactor.seconds()
+
+    with pytest.raises(SpoolError, match="did not answer"):
+        await spool.store(event("msg_1"))
+    with pytest.raises(SpoolError):
+        await spool.store(segment("r1", 1, 2))
+
+    assert reactor.seconds() - started < 4.0
+    await spool.close()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_unreachable_redis_fails_open_with_spool_error(tmp_path):
+    idle = RedisServer(tmp_path / "never-started")
+    spool = RedisSpool(idle.url, Assembler(), reactor)
+
+    with pytest.raises(SpoolError, match="did not answer"):
+        await spool.open()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_after_redis_restarts_events_are_kept_and_stores_work_again(
+    own_redis,
+):
+    spool = RedisSpool(own_redis.url, Assembler(), reactor)
+    await spool.open()
+    await spool.store(event("msg_before"))
+    await spool.store(segment("r1", 1, 2))
+    own_redis.stop()
+    with pytest.raises(SpoolError):
+        await spool.store(event("msg_during"))
+
+    own_redis.start()
+    for _ in range(50):
+        try:
+            stored = await spool.store(event("msg_after"))
+            break
+        except SpoolError:
+            await _tick(0.1)
+    completed = await spool.store(segment("r1", 2, 2))
+    due = await spool.due(reactor.seconds(), 10)
+
+    assert stored.id == "msg_after"
+    assert completed.id == "msg_r1"
+    assert {e.id for e in due} == {"msg_before", "msg_after", "msg_r1"}
+    assert spool.pending() == 3
+    await spool.close()
