@@ -20,6 +20,8 @@ from p2a_connector.smpp_status import status_code
 
 ALPHABETS = ("gsm7", "latin1", "ascii", "utf8")
 BIND_MODES = ("receiver", "transceiver")
+# What one daemon process does: see p2a_connector.service.
+ROLES = ("all", "receiver", "dispatcher")
 # SMPP 3.4, 5.2.5 and 5.2.6: the type-of-number and numbering-plan values.
 TONS = frozenset(range(7))
 NPIS = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})

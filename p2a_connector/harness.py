@@ -21,24 +21,31 @@ TEST_SECRET = "whsec_ElcSmdbdDYEKKFTRjSshQl++LMhyVr5n"
 
 def config_text(
     *,
-    spool: Path,
+    spool: Path | None = None,
     webhook_url: str,
     smsc_port: int,
     spool_extra: str = "",
     reassembly_extra: str = "",
     bind_extra: str = "",
     secret: str = TEST_SECRET,
+    redis_url: str | None = None,
+    bind_name: str = "op1-a",
 ) -> str:
     """
     A complete configuration for one operator with one bind; the ``*_extra``
-    strings are added, as TOML lines, to the section they name.
+    strings are added, as TOML lines, to the section they name.  The spool is
+    the sqlite file ``spool``, or the Redis at ``redis_url``.
     """
+    if redis_url is not None:
+        spool_lines = f'backend = "redis"\nurl = "{redis_url}"'
+    else:
+        spool_lines = f'backend = "sqlite"\npath = "{spool}"'
+
     return f"""
 shutdown_timeout = 5
 
 [spool]
-backend = "sqlite"
-path = "{spool}"
+{spool_lines}
 {spool_extra}
 
 [reassembly]
@@ -56,7 +63,7 @@ name = "op1"
 webhook = "app"
 
 [[operator.bind]]
-name = "op1-a"
+name = "{bind_name}"
 host = "127.0.0.1"
 port = {smsc_port}
 system_id = "p2a"
@@ -87,10 +94,11 @@ class _Output(protocol.ProcessProtocol):
 class Daemon:
     """One twistd process running p2a-connector with a given configuration."""
 
-    def __init__(self, reactor, config: Path, log: Path):
+    def __init__(self, reactor, config: Path, log: Path, args: tuple[str, ...] = ()):
         self.reactor = reactor
         self.config = config
         self.log = log
+        self.args = args
         self.process = None
         self.output: _Output | None = None
 
@@ -108,6 +116,7 @@ class Daemon:
                 "p2a-connector",
                 "--config",
                 str(self.config),
+                *self.args,
             ],
             env=env,
             path=str(self.config.parent),

@@ -5,6 +5,11 @@ Start-up and shutdown are ordered, which a plain MultiService does not do:
 the spool opens before any bind may acknowledge, and on shutdown the binds
 unbind first (nothing new arrives), then the dispatcher finishes or abandons
 its posts within a bound, and the spool closes last.
+
+A process has a role.  ``all`` (the default) receives and dispatches.  With
+the Redis spool, ``receiver`` processes hold the binds and share the
+reassembly state, and ``dispatcher`` processes only post events, so
+delivery scales out on its own.
 """
 
 from __future__ import annotations
@@ -15,21 +20,28 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from p2a_connector.bind import BindService
-from p2a_connector.config import Config
+from p2a_connector.config import ROLES, Config
 from p2a_connector.dispatcher import Dispatcher
 from p2a_connector.intake import Intake
 from p2a_connector.spool import SpoolError
 from p2a_connector.spools import location, spool_from_config
 
+# A dispatcher-only process is never woken by its own intake: it looks at
+# the shared spool this often instead.
+DISPATCHER_POLL = 0.05
+
 
 class Connector(Service):
-    """Everything one p2a-connector process runs."""
+    """Everything one p2a-connector process runs, for its role."""
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor):
+    def __init__(self, config: Config, reactor, role: str = "all"):
+        if role not in ROLES:
+            raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
         self.config = config
         self.reactor = reactor
+        self.role = role
         self.intake = Intake(config, None, reactor, on_event=self._on_event)
         self.spool = spool_from_config(
             config.spool,
@@ -44,9 +56,10 @@ class Connector(Service):
             config.webhooks,
             reactor,
             shutdown_timeout=config.shutdown_timeout,
+            **({"idle_check": DISPATCHER_POLL} if role == "dispatcher" else {}),
         )
         self.binds = MultiService()
-        for operator in config.operators:
+        for operator in config.operators if role != "dispatcher" else ():
             for bind in operator.binds:
                 BindService(bind, self.intake.handler(bind), reactor).setServiceParent(
                     self.binds
@@ -72,13 +85,16 @@ class Connector(Service):
             self.reactor.stop()
             return
         self.log.info(
-            "spool open at {path} with {pending} undelivered events",
+            "{role} process: spool open at {path} with {pending} undelivered events",
+            role=self.role,
             path=location(self.config.spool),
             pending=self.spool.pending(),
         )
-        self.dispatcher.startService()
-        self.binds.startService()
-        self._sweeper.start(self.config.reassembly.check_interval, now=True)
+        if self.role != "receiver":
+            self.dispatcher.startService()
+        if self.role != "dispatcher":
+            self.binds.startService()
+            self._sweeper.start(self.config.reassembly.check_interval, now=True)
 
     @inlineCallbacks
     def stopService(self):
@@ -95,7 +111,8 @@ class Connector(Service):
         self.log.info("stopped")
 
     def _on_event(self, event) -> None:
-        self.dispatcher.wake(event.webhook)
+        if self.dispatcher.running:
+            self.dispatcher.wake(event.webhook)
 
     @inlineCallbacks
     def _expire_orphans(self):
@@ -111,5 +128,5 @@ class Connector(Service):
                 id=event.id,
                 webhook=event.webhook,
             )
-        if events:
+        if events and self.dispatcher.running:
             self.dispatcher.wake()

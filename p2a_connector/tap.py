@@ -8,13 +8,22 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from p2a_connector import config
-from p2a_connector.config import ConfigError
+from p2a_connector.config import ROLES, ConfigError
 
 
 class Options(usage.Options):
-    synopsis = "--config FILE"
+    synopsis = "--config FILE [--role all|receiver|dispatcher]"
     optParameters = (
         ("config", "c", "/etc/p2a-connector/connector.toml", "The configuration file."),
+        (
+            "role",
+            "r",
+            "all",
+            (
+                "all: receive and dispatch; receiver: binds only; dispatcher: "
+                "webhook posts only (receiver and dispatcher need the redis spool)."
+            ),
+        ),
     )
 
     def postOptions(self) -> None:
@@ -22,6 +31,16 @@ class Options(usage.Options):
             self["loaded"] = config.load(self["config"])
         except ConfigError as e:
             raise usage.UsageError(f"{self['config']}: {e}") from None
+        if self["role"] not in ROLES:
+            raise usage.UsageError(
+                f"--role {self['role']!r} is not one of {', '.join(ROLES)}"
+            )
+        if self["role"] != "all" and self["loaded"].spool.backend != "redis":
+            raise usage.UsageError(
+                f"--role {self['role']} shares work through the spool, which "
+                'needs spool.backend = "redis"; the sqlite spool serves one '
+                "process that does both"
+            )
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -35,4 +54,4 @@ class ServiceMaker:
 
         from p2a_connector.service import Connector
 
-        return Connector(options["loaded"], reactor)
+        return Connector(options["loaded"], reactor, role=options["role"])

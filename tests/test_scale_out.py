@@ -1,0 +1,153 @@
+"""
+Several daemons on one Redis: receivers sharing reassembly, dispatchers
+sharing delivery, and a dispatcher killed with events in flight.
+
+Every daemon is a real `twistd -n p2a-connector --role ...` process; the
+Redis is a private redis-server on a free port.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from redis_server import RedisServer, available
+from test_end_to_end import PHONE, SHORT_CODE, bound, deliver, events, sleep, until
+from twisted.internet import reactor, utils
+
+from p2a_connector import traffic
+from p2a_connector.harness import Daemon, config_text
+from p2a_connector.receiver import Reply
+from p2a_connector.simulator import SMSCSimulator
+from p2a_connector.smpp_status import ESME_ROK
+
+pytestmark = pytest.mark.skipif(
+    not available(), reason="no redis-server binary on this machine"
+)
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def daemons(tmp_path, receiver, redis):
+    """A function starting one daemon with a role; all are killed at the end."""
+    started = []
+
+    def start(role: str, smsc: SMSCSimulator | None = None, name: str = "a") -> Daemon:
+        config = tmp_path / f"{role}-{name}.toml"
+        # A dispatcher has no binds to keep up; its configuration still names
+        # one, which it never dials.
+        port = smsc.listening.getHost().port if smsc is not None else 9
+        config.write_text(
+            config_text(
+                webhook_url=receiver.url,
+                smsc_port=port,
+                redis_url=redis.url,
+                bind_name=f"op1-{name}",
+                spool_extra="claim_idle = 1",
+            )
+        )
+        process = Daemon(
+            reactor, config, tmp_path / f"{role}-{name}.log", args=("--role", role)
+        )
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.running:
+            pytest_twisted.blockon(process.kill())
+
+
+@pytest.fixture
+def second_smsc():
+    simulator = SMSCSimulator("p2a", "secret")
+    simulator.listen(reactor)
+    yield simulator
+    pytest_twisted.blockon(simulator.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_receiver_and_a_dispatcher_deliver_together(
+    daemons, smpp_simulator, receiver
+):
+    receiving = daemons("receiver", smpp_simulator)
+    dispatching = daemons("dispatcher")
+    await bound(smpp_simulator, receiving)
+
+    part = traffic.split("via redis", "gsm7", None)[0]
+    assert await deliver(smpp_simulator, part) == ESME_ROK
+
+    await until(lambda: len(events(receiver)) == 1, what="the event")
+    assert "delivered msg_" in dispatching.text()
+    assert "delivered msg_" not in receiving.text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_segments_on_two_receivers_make_exactly_one_webhook(
+    daemons, smpp_simulator, second_smsc, receiver
+):
+    first = daemons("receiver", smpp_simulator, name="a")
+    second = daemons("receiver", second_smsc, name="b")
+    daemons("dispatcher")
+    await bound(smpp_simulator, first)
+    await bound(second_smsc, second)
+    text = "one message over two instances " * 6
+    head, tail = traffic.split(text, "gsm7", "udh16", reference=0x5A5A)
+
+    assert await deliver(smpp_simulator, head, source=PHONE) == ESME_ROK
+    assert await deliver(second_smsc, tail, destination=SHORT_CODE) == ESME_ROK
+
+    await until(lambda: len(receiver.requests) >= 1, what="the event")
+    await sleep(0.5)
+    assert [e["data"]["text"] for e in events(receiver).values()] == [text]
+    assert len(receiver.requests) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_dispatcher_events_are_delivered_by_another(
+    daemons, smpp_simulator, receiver
+):
+    receiver.default = Reply.hang()
+    receiving = daemons("receiver", smpp_simulator)
+    doomed = daemons("dispatcher", name="doomed")
+    await bound(smpp_simulator, receiving)
+    for number in range(5):
+        part = traffic.split(f"in flight {number}", "gsm7", None)[0]
+        assert await deliver(smpp_simulator, part) == ESME_ROK
+    await until(lambda: len(receiver.requests) == 5, what="5 posts held")
+    held = {request.headers["webhook-id"] for request in receiver.requests}
+
+    await doomed.kill()
+    receiver.default = Reply()
+    daemons("dispatcher", name="survivor")
+
+    await until(lambda: len(receiver.requests) >= 10, what="5 posts again")
+    again = {request.headers["webhook-id"] for request in receiver.requests[5:]}
+    assert again == held
+    texts = sorted(e["data"]["text"] for e in events(receiver).values())
+    assert texts == [f"in flight {number}" for number in range(5)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_role_needs_the_redis_spool(tmp_path, receiver):
+    config = tmp_path / "sqlite.toml"
+    config.write_text(
+        config_text(spool=tmp_path / "s.db", webhook_url=receiver.url, smsc_port=9)
+    )
+    twistd = str(Path(sys.executable).with_name("twistd"))
+
+    out, err, code = await utils.getProcessOutputAndValue(
+        twistd,
+        ["--nodaemon", "p2a-connector", "--config", str(config), "--role", "receiver"],
+    )
+
+    assert code != 0
+    assert b'needs spool.backend = "redis"' in out + err
