@@ -86,7 +86,7 @@ async def test_a_receiver_and_a_dispatcher_deliver_together(
     assert await deliver(smpp_simulator, part) == ESME_ROK
 
     await until(lambda: len(events(receiver)) == 1, what="the event")
-    assert "delivered msg_" in dispatching.text()
+    await until(lambda: "delivered msg_" in dispatching.text(), what="its log line")
     assert "delivered msg_" not in receiving.text()
 
 
@@ -151,3 +151,55 @@ async def test_a_role_needs_the_redis_spool(tmp_path, receiver):
 
     assert code != 0
     assert b'needs spool.backend = "redis"' in out + err
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restarted_mid_load_loses_nothing_acknowledged(
+    daemons, smpp_simulator, receiver, redis
+):
+    """
+    Redis goes away while the SMSC keeps offering: the daemon answers the
+    busy status meanwhile, and once Redis is back (same AOF) it accepts
+    again without a restart; every acknowledged message is delivered.
+    """
+    process = daemons("all", smpp_simulator)
+    session = await bound(smpp_simulator, process)
+    texts = [f"r{number:03d}" for number in range(200)]
+    acknowledged: set[str] = set()
+    refused: set[str] = set()
+
+    async def offer(text: str) -> None:
+        part = traffic.split(text, "gsm7", None)[0]
+        status = await session.deliver(
+            source=PHONE,
+            destination=SHORT_CODE,
+            data_coding=part.data_coding,
+            short_message=part.short_message,
+        )
+        (acknowledged if status == ESME_ROK else refused).add(text)
+
+    for text in texts[:90]:
+        await offer(text)
+    redis.stop()
+    # Each offer waits for the spool's one-second timeout: a few suffice.
+    for text in texts[90:95]:
+        await offer(text)
+    redis.start()
+    for text in texts[95:]:
+        await offer(text)
+    # As an SMSC would: offer again what was answered with the busy status.
+    for _ in range(20):
+        missing = sorted(set(texts) - acknowledged)
+        if not missing:
+            break
+        for text in missing:
+            await offer(text)
+        await sleep(0.5)
+
+    assert set(texts[90:95]) <= refused, "Redis being down never showed"
+    assert acknowledged == set(texts)
+    await until(
+        lambda: {e["data"]["text"] for e in events(receiver).values()} == set(texts),
+        timeout=30,
+        what="every acknowledged message delivered",
+    )
