@@ -45,7 +45,9 @@ from twisted.internet.defer import (
 )
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from p2a_connector import redis_scripts as scripts
 from p2a_connector.config import parse_redis_url as parse_url
@@ -191,19 +193,20 @@ class RedisSpool:
         }
         if self._sentinels:
             self._sentinel = txredisapi.Sentinel(list(self._sentinels))
-            self._redis = self._sentinel.master_for(
-                self._sentinel_master, dbid=db, poolsize=2, **options
+            endpoint = _MasterEndpoint(
+                self._reactor, self._sentinel, self._sentinel_master, self._timeout
             )
-            return
+        else:
+            endpoint = HostnameEndpoint(
+                self._reactor, host, port, timeout=self._timeout
+            )
         factory = txredisapi.RedisFactory(
             f"{host}:{port}", db, 2, isLazy=True, **options
         )
         # Redis coming back is noticed within a couple of seconds, not the
         # ten the library would wait at most between attempts.
         factory.maxDelay = 2.0
-        factory.startConnecting(
-            HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
-        )
+        factory.startConnecting(endpoint)
         self._redis = factory.handler
 
     def close(self) -> Deferred[None]:
@@ -597,3 +600,35 @@ def _reassemblies(counts: list) -> Reassemblies:
         bytes=int(fields.get(b"bytes", 0)),
         by_operator=by_operator,
     )
+
+
+@implementer(IStreamClientEndpoint)
+class _MasterEndpoint:
+    """
+    Connects to whichever server the Sentinels name as master at that moment,
+    so every reconnection after a failover finds the promoted replica.
+
+    txredisapi's own Sentinel connections check the server's role against a
+    text string, which never matches when replies are bytes (``charset=None``,
+    as this spool needs), so they refuse every master.  Limitation: this
+    endpoint trusts the Sentinels' answer and does not check ROLE itself.
+    """
+
+    def __init__(self, reactor, sentinel, service: str, timeout: float):
+        self._reactor = reactor
+        self._sentinel = sentinel
+        self._service = service
+        self._timeout = timeout
+
+    def connect(self, factory) -> Deferred:
+        found = self._sentinel.discover_master(self._service)
+        found.addTimeout(self._timeout * 2, self._reactor)
+
+        def dial(address: tuple[str, int]) -> Deferred:
+            host, port = address
+            endpoint = HostnameEndpoint(
+                self._reactor, host, port, timeout=self._timeout
+            )
+            return endpoint.connect(factory)
+
+        return found.addCallback(dial)

@@ -36,10 +36,11 @@ class RedisServer:
     the AOF fsynced on every write.
     """
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, replica_of: int | None = None):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
+        self.replica_of = replica_of
         self.process: subprocess.Popen | None = None
 
     @property
@@ -67,13 +68,18 @@ class RedisServer:
                 str(self.directory),
                 "--daemonize",
                 "no",
+                *(
+                    ["--replicaof", "127.0.0.1", str(self.replica_of)]
+                    if self.replica_of is not None
+                    else []
+                ),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while not self._answers():
+        while not _answers(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
@@ -94,10 +100,63 @@ class RedisServer:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
 
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+    def kill(self) -> None:
+        """SIGKILL, as a crashed host would stop it."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+class Sentinel:
+    """
+    One Redis Sentinel (``redis-server --sentinel``) watching a master, with
+    the quick failure detection a test needs.
+    """
+
+    def __init__(self, directory: Path, master_port: int, name: str = "mymaster"):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.name = name
+        self.master_port = master_port
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        config = self.directory / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.directory}\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master_port} 1\n"
+            f"sentinel down-after-milliseconds {self.name} 500\n"
+            f"sentinel failover-timeout {self.name} 3000\n"
+        )
+        log = open(self.directory / "sentinel.log", "ab")  # noqa: SIM115 - child keeps it
+        self.process = subprocess.Popen(
+            ["redis-server", str(config), "--sentinel"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not _answers(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"sentinel on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            process.wait(timeout=10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

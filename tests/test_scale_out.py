@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from redis_server import RedisServer, available
+from redis_server import RedisServer, Sentinel, available
 from test_end_to_end import PHONE, SHORT_CODE, bound, deliver, events, sleep, until
 from twisted.internet import reactor, utils
 
@@ -203,3 +203,65 @@ async def test_redis_restarted_mid_load_loses_nothing_acknowledged(
         timeout=30,
         what="every acknowledged message delivered",
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinel_failover_and_delivery_continues(
+    tmp_path, smpp_simulator, receiver
+):
+    master = RedisServer(tmp_path / "master")
+    master.start()
+    replica = RedisServer(tmp_path / "replica", replica_of=master.port)
+    replica.start()
+    sentinel = Sentinel(tmp_path / "sentinel", master.port)
+    sentinel.start()
+    # A new Sentinel answers at once but needs a moment of talking to the
+    # master and its replica before it will name the master to clients.
+    await sleep(1.5)
+    config = tmp_path / "sentinel.toml"
+    config.write_text(
+        config_text(
+            webhook_url=receiver.url,
+            smsc_port=smpp_simulator.listening.getHost().port,
+            redis_url="redis://127.0.0.1:6379/0",
+            spool_extra=f'sentinels = ["127.0.0.1:{sentinel.port}"]',
+        )
+    )
+    process = Daemon(reactor, config, tmp_path / "daemon.log")
+    process.start()
+    try:
+        session = await bound(smpp_simulator, process)
+        part = traffic.split("before failover", "gsm7", None)[0]
+        assert await deliver(smpp_simulator, part) == ESME_ROK
+        await until(lambda: len(events(receiver)) == 1, what="the first event")
+        await sleep(0.5)  # let the replica catch up before its master dies
+
+        master.kill()
+        after = traffic.split("after failover", "gsm7", None)[0]
+        status = None
+        for _ in range(60):
+            status = await session.deliver(
+                source=PHONE,
+                destination=SHORT_CODE,
+                data_coding=after.data_coding,
+                short_message=after.short_message,
+            )
+            if status == ESME_ROK:
+                break
+            await sleep(0.5)
+
+        assert status == ESME_ROK, process.text()
+        await until(
+            lambda: (
+                "after failover"
+                in {e["data"]["text"] for e in events(receiver).values()}
+            ),
+            timeout=20,
+            what="delivery through the promoted replica",
+        )
+    finally:
+        if process.running:
+            await process.kill()
+        sentinel.stop()
+        replica.stop()
+        master.stop()
