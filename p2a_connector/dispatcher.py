@@ -16,26 +16,37 @@ later, with the same ``webhook-id`` and the same body.
 from __future__ import annotations
 
 import random as _random
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from hyperlink import EncodedURL
 from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
 from twisted.application.service import Service
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
     TimeoutError,
+    succeed,
 )
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
-from twisted.web.iweb import IResponse
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseNeverReceived,
+)
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
+from zope.interface import implementer
 
 from p2a_connector import signing
 from p2a_connector.config import WebhookConfig
@@ -130,6 +141,75 @@ class _Discard(Protocol):
             self.done.callback(None)
 
 
+@implementer(IBodyProducer)
+class _Body:
+    """
+    An event's body, written as soon as the request asks for it.
+
+    treq would wrap bytes in a FileBodyProducer, which writes them a
+    cooperator turn later, as a second small TCP segment after the headers;
+    written at once, headers and body leave together.
+    """
+
+    def __init__(self, body: bytes):
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _NoCookies(IndexableCookieJar):
+    """
+    A cookie jar that stays empty: a webhook post sends no cookies and keeps
+    none a receiver sets, so every post stands alone, whichever instance or
+    connection makes it.  (It also spares the standard library's cookie
+    matching on every post.)
+    """
+
+    def add_cookie_header(self, request: Any) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """
+    The agent's endpoints, one per scheme, host and port, made on first use
+    rather than for every post (each costs a host name encoding, and for
+    https a TLS policy lookup).
+    """
+
+    def __init__(self, reactor: Any):
+        self._reactor = reactor
+        self._tls = BrowserLikePolicyForHTTPS()
+        self._made: dict[tuple[bytes, bytes, int], Any] = {}
+
+    def endpointForURI(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii")
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+            if uri.scheme == b"https":
+                creator = self._tls.creatorForNetloc(uri.host, uri.port)
+                endpoint = wrapClientTLS(creator, endpoint)
+            self._made[key] = endpoint
+        return endpoint
+
+
 def _drain(response: IResponse, timeout: float, reactor: IReactorTime) -> Deferred:
     """
     Consume the body so the connection can carry the next request; a body
@@ -195,7 +275,8 @@ class Dispatcher(Service):
                 (w.concurrency for w in webhooks), default=1
             )
         self._pool = pool
-        client = HTTPClient(Agent(reactor, pool=pool))
+        agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)
+        client = HTTPClient(agent, cookiejar=_NoCookies())
         self._lanes = {
             w.name: _Lane(
                 w,
@@ -285,7 +366,19 @@ class _Lane:
         idle_check: float,
     ):
         self.webhook = webhook
+        self._url = EncodedURL.from_text(webhook.url)
+        # Every delivery under way, from its POST to its recorded outcome;
+        # `_posting` is the part of them with a request still open, which is
+        # what ``concurrency`` bounds: waiting for the spool to commit an
+        # outcome holds no connection, so it does not hold a slot either.
         self.posts: dict[str, Deferred[None]] = {}
+        self._posting: set[str] = set()
+        # Due events fetched beyond the free slots, so a slot that frees up
+        # is refilled at once instead of after a spool query.  At most one
+        # more round of ``concurrency``: an event waits here no longer than
+        # a post takes, well within the time after which a shared spool
+        # hands an untouched event to another instance (``claim_idle``).
+        self._ready: deque[PendingEvent] = deque()
         self._spool = spool
         self._client = client
         self._reactor = reactor
@@ -308,6 +401,7 @@ class _Lane:
 
     def stop(self) -> None:
         self._running = False
+        self._ready.clear()
         self._cancel_timer()
 
     def cancel(self) -> None:
@@ -319,11 +413,12 @@ class _Lane:
     def look(self) -> None:
         if not self._running:
             return
+        self._fill()
         if self._looking:
             self._again = True
             return
         self._cancel_timer()
-        if len(self.posts) >= self.webhook.concurrency:
+        if len(self._posting) >= self.webhook.concurrency:
             return
 
         self._looking = True
@@ -333,15 +428,18 @@ class _Lane:
 
     async def _look(self) -> None:
         name = self.webhook.name
-        free = min(self.webhook.concurrency - len(self.posts), self._batch)
 
+        # Only asked with nothing ready, so excluding the posts excludes
+        # every event this lane holds.
+        concurrency = self.webhook.concurrency
+        wanted = min(2 * concurrency - len(self._posting), self._batch)
         now = self._reactor.seconds()
-        events = await self._spool.due(now, free, tuple(self.posts), webhook=name)
+        events = await self._spool.due(now, wanted, tuple(self.posts), webhook=name)
         if not self._running:
             return
-        for event in events:
-            self._start(event)
-        if len(self.posts) >= self.webhook.concurrency:
+        self._ready.extend(events)
+        self._fill()
+        if len(self._posting) >= self.webhook.concurrency:
             return
 
         next_at = await self._spool.next_due(webhook=name, exclude=tuple(self.posts))
@@ -386,15 +484,27 @@ class _Lane:
 
     # --- delivering one event ---------------------------------------------
 
+    def _fill(self) -> None:
+        while self._ready and len(self._posting) < self.webhook.concurrency:
+            self._start(self._ready.popleft())
+
     def _start(self, event: PendingEvent) -> None:
+        self._posting.add(event.id)
         d = Deferred.fromCoroutine(self._deliver(event))
         self.posts[event.id] = d
         d.addErrback(self._failed, event)
         d.addBoth(self._finished, event)
 
     def _finished(self, _: Any, event: PendingEvent) -> None:
+        self._posting.discard(event.id)
         self.posts.pop(event.id, None)
         self.look()
+
+    def _answered(self, event: PendingEvent) -> None:
+        """The request is over: its slot may carry the next event."""
+        if event.id in self._posting:
+            self._posting.discard(event.id)
+            self.look()
 
     def _failed(self, failure: Failure, event: PendingEvent) -> None:
         if failure.check(CancelledError):
@@ -424,6 +534,7 @@ class _Lane:
             response = await self._post(event)
         except Exception:  # noqa: BLE001 - any failure to post is retried
             failure = Failure()
+            self._answered(event)
             if self._cancelling or failure.check(CancelledError):
                 self.log.info(
                     "cancelled {id} to {webhook} attempt {attempt}; it stays pending",
@@ -439,6 +550,7 @@ class _Lane:
 
         remaining = self.webhook.timeout - (self._reactor.seconds() - started)
         await _drain(response, remaining, self._reactor)
+        self._answered(event)
 
         status = response.code
         if 200 <= status <= 299:
@@ -463,8 +575,8 @@ class _Lane:
         webhook = self.webhook
         timestamp = int(self._reactor.seconds())
         request = self._client.post(
-            webhook.url,
-            data=event.body,
+            self._url,
+            data=_Body(event.body),
             headers=signing.headers(
                 webhook.secrets, event.id, timestamp, event.body, webhook.headers
             ),

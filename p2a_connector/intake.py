@@ -157,18 +157,31 @@ class Intake:
             )
             return bind.busy_status
 
+        # One line per acknowledgement: the segment that completes a message
+        # is named on the line of the event it completed.
         event = item if isinstance(item, Event) else completed
-        if isinstance(item, Segment):
+        if isinstance(item, Segment) and event is None:
             self.log.info(
-                "acknowledged segment {seqnum}/{total} of {key} on {bind}{completing}",
+                "acknowledged segment {seqnum}/{total} of {key} on {bind}",
                 seqnum=item.seqnum,
                 total=item.total,
                 key=item.key,
-                id=event.id if event is not None else None,
-                completing=f", completing {event.id}" if event is not None else "",
+                id=None,
                 **fields,
             )
-        if event is not None:
+        elif isinstance(item, Segment):
+            self.log.info(
+                "acknowledged {id} ({type}) for {webhook} on {bind}, completed by "
+                "segment {seqnum}/{total} of {key}",
+                id=event.id,
+                type=event.type,
+                webhook=event.webhook,
+                seqnum=item.seqnum,
+                total=item.total,
+                key=item.key,
+                **fields,
+            )
+        elif event is not None:
             self.log.info(
                 "acknowledged {id} ({type}) for {webhook} on {bind}",
                 id=event.id,
@@ -176,6 +189,7 @@ class Intake:
                 webhook=event.webhook,
                 **fields,
             )
+        if event is not None:
             self.on_event(event)
         return ESME_ROK
 

@@ -330,13 +330,9 @@ class ESMEProtocol(Protocol):
             self._resume()
 
     def _answer(self, header: Header, status: int) -> None:
-        self.log.debug(
-            "answering {status} to {command} seq {sequence_number} on {bind}",
-            status=status_name(status),
-            command=header.command,
-            sequence_number=header.sequence_number,
-            bind=self.bind_name,
-        )
+        # No event per response: twistd writes debug events too, and a line
+        # per PDU took about an eighth of the daemon's CPU under load.  Whoever
+        # chose the status has logged it with the bind and sequence_number.
         self._write(
             pdu.encode_mo_resp(header.command_id, header.sequence_number, status)
         )

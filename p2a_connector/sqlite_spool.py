@@ -141,7 +141,7 @@ class SqliteSpool:
         self._threads: ThreadPool | None = None
         self._shutdown: Any = None
         self._pending = 0
-        self._queue: list[tuple[_Write, Deferred]] = []
+        self._queue: list[tuple[_Write, bool, Deferred]] = []
         self._timer: Any = None
         self._committing = False
         self._drained: list[Deferred[None]] = []
@@ -270,11 +270,20 @@ class SqliteSpool:
 
     # --- group commit -----------------------------------------------------
 
-    def _write(self, write: _Write) -> Deferred:
+    def _write(self, write: _Write, *, single: bool = False) -> Deferred:
+        """
+        Queue a write for the next group commit.
+
+        ``single``: the write is one statement, so it needs no savepoint of
+        its own to be undone alone; a statement is applied whole or not at
+        all, and a sqlite error fails the whole transaction anyway.  Each
+        savepoint costs two more statements, and the spool thread one more
+        wait for the interpreter lock apiece.
+        """
         if not self._open:
             return fail(SpoolError(f"spool {self.path}: the spool is not open"))
         d: Deferred = Deferred()
-        self._queue.append((write, d))
+        self._queue.append((write, single, d))
         if not self._committing and self._timer is None:
             self._timer = self._reactor.callLater(self._commit_interval, self._commit)
         return d
@@ -283,10 +292,13 @@ class SqliteSpool:
         self._timer = None
         batch, self._queue = self._queue, []
         self._committing = True
-        d = self._in_thread(self._transaction, [write for write, _ in batch])
-        d.addBoth(self._committed, batch)
+        writes = [(write, single) for write, single, _ in batch]
+        d = self._in_thread(self._transaction, writes)
+        d.addBoth(self._committed, [d for _, _, d in batch])
 
-    def _transaction(self, writes: list[_Write]) -> list[tuple[bool, Any, Any]]:
+    def _transaction(
+        self, writes: list[tuple[_Write, bool]]
+    ) -> list[tuple[bool, Any, Any]]:
         db = self._db
         if db is None:
             raise SpoolError(f"spool {self.path}: the spool is not open")
@@ -294,7 +306,17 @@ class SqliteSpool:
         outcomes: list[tuple[bool, Any, Any]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            for write in writes:
+            for write, single in writes:
+                if single:
+                    try:
+                        value, delta = write(db)
+                    except sqlite3.Error:
+                        raise
+                    except Exception:  # noqa: BLE001 - its one statement did not run
+                        outcomes.append((False, Failure(), 0))
+                    else:
+                        outcomes.append((True, value, delta))
+                    continue
                 before = segments.working
                 db.execute("SAVEPOINT item")
                 try:
@@ -318,7 +340,7 @@ class SqliteSpool:
         segments.held = segments.working
         return outcomes
 
-    def _committed(self, result: Any, batch: list[tuple[_Write, Deferred]]) -> None:
+    def _committed(self, result: Any, batch: list[Deferred]) -> None:
         self._committing = False
         if isinstance(result, Failure):
             if not result.check(SpoolError):
@@ -329,11 +351,11 @@ class SqliteSpool:
                 count=len(batch),
                 error=result.value,
             )
-            for _, d in batch:
+            for d in batch:
                 d.errback(result)
         else:
             self.commits += 1
-            for (_, d), (ok, value, change) in zip(batch, result):
+            for d, (ok, value, change) in zip(batch, result):
                 if isinstance(change, _Recount):
                     self._pending = change.pending
                 else:
@@ -365,7 +387,7 @@ class SqliteSpool:
         """
         now = self._reactor.seconds()
         if isinstance(item, Event):
-            return self._write(lambda db: _insert_event(db, item, now))
+            return self._write(lambda db: _insert_event(db, item, now), single=True)
         if isinstance(item, Segment):
             return self._write(lambda db: self._add_segment(db, item, now))
         raise TypeError(f"the spool stores Event or Segment, not {type(item)!r}")
@@ -423,7 +445,7 @@ class SqliteSpool:
             ).rowcount
             return None, -removed
 
-        return self._write(write)
+        return self._write(write, single=True)
 
     def retry(
         self, event_id: str, attempt: int, next_at: float, error: str
@@ -438,7 +460,7 @@ class SqliteSpool:
             )
             return None, 0
 
-        return self._write(write)
+        return self._write(write, single=True)
 
     def dead(self, event_id: str, attempt: int, reason: str) -> Deferred[None]:
         """Move an event to the dead letters, with why it will not be retried."""
@@ -452,7 +474,7 @@ class SqliteSpool:
             ).rowcount
             return None, -moved
 
-        return self._write(write)
+        return self._write(write, single=True)
 
     def replay(self, ids: Sequence[str] | None) -> Deferred[int]:
         """Make dead letters (all, or those named) pending again, due now."""

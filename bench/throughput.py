@@ -1,0 +1,655 @@
+"""
+End-to-end throughput and latency of the real daemon, on this machine.
+
+    .venv/bin/python bench/throughput.py --messages 20000 --parts 1
+    .venv/bin/python bench/throughput.py --messages 10000 --parts 2
+    .venv/bin/python bench/throughput.py --messages 10000 --rate 1000
+
+The daemon runs as its own ``twistd -n p2a-connector`` process
+(`p2a_connector.harness.Daemon`) with the durable sqlite spool (WAL,
+synchronous = FULL, group commit) in a fresh directory.  The project's SMSC
+simulator, in this process, binds it and offers ``--messages`` deliver_sm,
+either as fast as ``--window`` outstanding PDUs allow (``--rate 0``) or paced
+at ``--rate`` messages per second.  Every message has its own text and its
+own source address, so nothing is deduplicated by accident.
+
+The webhook receiver runs in a child process by default (``--receiver
+process``), so that receiving and checking 5,000 posts a second does not
+compete with the simulator for one interpreter; ``--receiver inline`` puts it
+in this process instead.  It answers 200 to every post and verifies every
+signature with a plain HMAC-SHA256 check written here, and every
+``--sample``-th request also with the `standardwebhooks` library, which is
+too slow to run on each request at these rates.  A request failing either
+check counts as a failure.
+
+At the end it checks that nothing was lost: the distinct webhook-ids and
+distinct texts received must both equal the messages sent, and every text
+sent must be among them.  It prints a table (or ``--json``) and exits 0 only
+then; 1 when something was lost, a signature failed, or ``--duration`` ran
+out first.
+
+Measured: deliver_sm_resp latency (from writing the deliver_sm to reading
+its response, per PDU), webhook latency (from the deliver_sm_resp of a
+message's last part to its POST reaching the receiver), the rates of
+acknowledgement and of end-to-end delivery, and the CPU time each process
+used, which shows how the two cores were shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from standardwebhooks import Webhook
+from twisted.internet import defer, protocol, task
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from p2a_connector import pdu, signing, traffic
+from p2a_connector.harness import TEST_SECRET, Daemon, config_text
+from p2a_connector.models import Address
+from p2a_connector.simulator import SMSCSimulator
+from p2a_connector.smpp_status import ESME_ROK, status_name
+
+SHORT_CODE = Address("88000", 3, 0)
+_PERCENTILES = (50, 90, 99)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- the receiver -----------------------------------------------------------
+
+
+class Collector(Resource):
+    """Answers 200 to every POST and keeps what is needed to count it."""
+
+    isLeaf = True
+
+    def __init__(self, secret: str, sample: int, expected: int, on_complete=None):
+        super().__init__()
+        self.key = signing.secret_key(secret)
+        self.webhook = Webhook(secret)
+        self.sample = sample
+        self.expected = expected
+        self.on_complete = on_complete
+        self.arrivals: list[tuple[float, str, bytes]] = []
+        self.ids: set[str] = set()
+        self.failures: list[str] = []
+        self.sampled = 0
+
+    def render_POST(self, request) -> bytes:
+        arrived = time.monotonic()
+        body = request.content.read()
+        headers = request.requestHeaders
+        event_id = headers.getRawHeaders(b"webhook-id", [b""])[0].decode()
+        timestamp = headers.getRawHeaders(b"webhook-timestamp", [b""])[0].decode()
+        signature = headers.getRawHeaders(b"webhook-signature", [b""])[0].decode()
+
+        if not self._signed(event_id, timestamp, body, signature):
+            self.failures.append(f"{event_id}: bad HMAC signature")
+        if len(self.arrivals) % self.sample == 0:
+            self.sampled += 1
+            try:
+                self.webhook.verify(
+                    body,
+                    {
+                        "webhook-id": event_id,
+                        "webhook-timestamp": timestamp,
+                        "webhook-signature": signature,
+                    },
+                )
+            except Exception as e:  # noqa: BLE001 - counted as a failure
+                self.failures.append(f"{event_id}: standardwebhooks: {e}")
+
+        self.arrivals.append((arrived, event_id, body))
+        self.ids.add(event_id)
+        if len(self.ids) == self.expected and self.on_complete is not None:
+            self.on_complete()
+        request.setHeader(b"content-length", b"0")
+        return b""
+
+    def _signed(self, event_id: str, timestamp: str, body: bytes, header: str) -> bool:
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > 300:
+            return False
+        signed = f"{event_id}.{timestamp}.".encode() + body
+        digest = hmac.new(self.key, signed, hashlib.sha256).digest()
+        expected = b"v1," + base64.b64encode(digest)
+        return any(
+            hmac.compare_digest(expected, candidate.encode())
+            for candidate in header.split(" ")
+        )
+
+    def results(self) -> dict:
+        """What the main process needs, with texts parsed after the run."""
+        return {
+            "arrivals": [
+                [arrived, event_id, json.loads(body)["data"]["text"]]
+                for arrived, event_id, body in self.arrivals
+            ],
+            "failures": self.failures,
+            "sampled": self.sampled,
+        }
+
+
+class _QuietSite(Site):
+    noisy = False
+
+    def log(self, request) -> None:
+        pass
+
+
+def serve_receiver(args: argparse.Namespace) -> None:
+    """The child process: print the port, collect, dump results on SIGTERM."""
+    from twisted.internet import reactor
+
+    def complete() -> None:
+        sys.stdout.write("complete\n")
+        sys.stdout.flush()
+
+    collector = Collector(TEST_SECRET, args.sample, args.expect, complete)
+    port = reactor.listenTCP(0, _QuietSite(collector), interface="127.0.0.1")
+
+    def dump(*_: Any) -> None:
+        Path(args.out).write_text(json.dumps(collector.results()))
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, dump)
+    sys.stdout.write(f"port {port.getHost().port}\n")
+    sys.stdout.flush()
+    reactor.run(installSignalHandlers=False)
+
+
+class _ReceiverProcess(protocol.ProcessProtocol):
+    def __init__(self):
+        self.port: defer.Deferred[int] = defer.Deferred()
+        self.complete: defer.Deferred[None] = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._buffer = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b"port ") and not self.port.called:
+                self.port.callback(int(line.split()[1]))
+            elif line == b"complete" and not self.complete.called:
+                self.complete.callback(None)
+
+    def errReceived(self, data: bytes) -> None:
+        sys.stderr.write(data.decode(errors="replace"))
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(None)
+
+
+# --- the SMSC side ----------------------------------------------------------
+
+
+class Offer:
+    """
+    Sends pre-encoded deliver_sm through the simulator's bound session, at
+    most ``window`` unanswered, and records when each was sent and answered.
+    """
+
+    def __init__(self, session, messages: list[list[bytes]], window: int):
+        self.session = session
+        self.window = window
+        self.queue = [
+            (index, part, len(parts) - 1 - n)
+            for index, parts in enumerate(messages)
+            for n, part in enumerate(parts)
+        ]
+        self.queue.reverse()
+        self.outstanding = 0
+        self.sent = 0
+        self.resp_latency: list[float] = []
+        self.acked_at: dict[int, float] = {}
+        self.refused: dict[str, int] = {}
+        self.first_sent: float | None = None
+        self.last_acked = 0.0
+        self.window_full = 0
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self._budget: int | None = None
+
+    def run(self, budget: int | None = None) -> None:
+        """Send what the window (and, when paced, ``budget``) allows."""
+        if budget is not None:
+            self._budget = budget
+        while self.queue and self.outstanding < self.window:
+            if self._budget is not None and self.sent >= self._budget:
+                return
+            self._send(*self.queue.pop())
+        if self.queue and (self._budget is None or self.sent < self._budget):
+            self.window_full += 1
+
+    def _send(self, index: int, encoded: bytes, remaining: int) -> None:
+        self.outstanding += 1
+        self.sent += 1
+        sent = time.monotonic()
+        if self.first_sent is None:
+            self.first_sent = sent
+        d = self.session.request(
+            lambda seq: encoded[:12] + seq.to_bytes(4, "big") + encoded[16:]
+        )
+        d.addCallback(self._answered, index, encoded, remaining, sent)
+
+    def _answered(self, header, index: int, encoded: bytes, remaining: int, sent):
+        now = time.monotonic()
+        self.outstanding -= 1
+        self.resp_latency.append(now - sent)
+        if header.command_status == ESME_ROK:
+            if remaining == 0:
+                self.acked_at[index] = now
+            self.last_acked = now
+        else:
+            # A temporary refusal: the SMSC keeps the message and offers it
+            # again, as a real one would.
+            name = status_name(header.command_status)
+            self.refused[name] = self.refused.get(name, 0) + 1
+            self.queue.append((index, encoded, remaining))
+        if not self.queue and self.outstanding == 0:
+            if not self.done.called:
+                self.done.callback(None)
+        else:
+            self.run()
+
+
+def build_messages(count: int, parts: int) -> tuple[list[list[bytes]], list[str]]:
+    """Every message's deliver_sm PDUs (sequence_number 0) and its text."""
+    messages, texts = [], []
+    for index in range(count):
+        source = Address(f"4479{index:08d}", 1, 1)
+        if parts == 1:
+            text = f"bench message {index:08d} " + "x" * 60
+            split = traffic.split(text, "gsm7", None)
+        else:
+            text = f"bench long message {index:08d} " + "y" * 250
+            split = traffic.split(text, "gsm7", "udh8", reference=index % 256)
+        if len(split) != parts:
+            raise AssertionError(f"{len(split)} parts, expected {parts}")
+        messages.append(
+            [
+                pdu.encode_deliver_sm(
+                    0,
+                    source=source,
+                    destination=SHORT_CODE,
+                    esm_class=part.esm_class,
+                    data_coding=part.data_coding,
+                    short_message=part.short_message,
+                )
+                for part in split
+            ]
+        )
+        texts.append(text)
+    return messages, texts
+
+
+# --- measuring ----------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User and system CPU time of a process (this one by default)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and max, in milliseconds (nearest rank)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    result = {}
+    for p in _PERCENTILES:
+        rank = max(0, min(len(ordered) - 1, -(-p * len(ordered) // 100) - 1))
+        result[f"p{p}"] = ordered[rank] * 1000
+    result["max"] = ordered[-1] * 1000
+    return result
+
+
+def _wait(d: defer.Deferred, seconds: float, reactor) -> defer.Deferred[bool]:
+    """True when ``d`` fired within ``seconds``, False when it did not."""
+    outcome: defer.Deferred[bool] = defer.Deferred()
+
+    def fired(_: Any) -> None:
+        if not outcome.called:
+            outcome.callback(True)
+
+    def late() -> None:
+        if not outcome.called:
+            outcome.callback(False)
+
+    timer = reactor.callLater(max(seconds, 0.0), late)
+    d.addBoth(fired)
+
+    def settled(result: bool) -> bool:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return outcome.addCallback(settled)
+
+
+async def run(reactor, args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.duration
+    work = Path(tempfile.mkdtemp(prefix="p2a-bench-"))
+    messages, texts = build_messages(args.messages, args.parts)
+
+    # The receiver.
+    receiver_process = None
+    if args.receiver == "process":
+        receiver_process = _ReceiverProcess()
+        results_file = work / "received.json"
+        child = reactor.spawnProcess(
+            receiver_process,
+            sys.executable,
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--serve-receiver",
+                "--expect",
+                str(args.messages),
+                "--sample",
+                str(args.sample),
+                "--out",
+                str(results_file),
+            ],
+            env=dict(os.environ),
+        )
+        receiver_port = await receiver_process.port
+        complete = receiver_process.complete
+    else:
+        complete = defer.Deferred()
+        collector = Collector(
+            TEST_SECRET, args.sample, args.messages, lambda: complete.callback(None)
+        )
+        listening = reactor.listenTCP(0, _QuietSite(collector), interface="127.0.0.1")
+        receiver_port = listening.getHost().port
+
+    # The SMSC and the daemon.
+    simulator = SMSCSimulator("p2a", "secret", clock=reactor)
+    smsc_port = simulator.listen(reactor)
+    config = work / "connector.toml"
+    text = config_text(
+        spool=work / "spool.db",
+        webhook_url=f"http://127.0.0.1:{receiver_port}/hook",
+        smsc_port=smsc_port,
+        bind_extra=f"window = {args.window}",
+        spool_extra=f"commit_interval = {args.commit_interval}",
+    )
+    text = text.replace("check_interval = 0.2", "check_interval = 5")
+    text = text.replace(
+        "\ntimeout = 5\n", f"\ntimeout = 5\nconcurrency = {args.concurrency}\n"
+    )
+    config.write_text(text)
+    daemon = Daemon(reactor, config, work / "daemon.log")
+    daemon.start()
+    bound = await _wait_bound(simulator, daemon, reactor)
+    if bound is None:
+        sys.stderr.write(f"the daemon did not bind; its log:\n{daemon.text()}\n")
+        return 1
+    daemon_pid = daemon.process.pid
+    if args.pause:
+        sys.stderr.write(f"twistd pid {daemon_pid}; starting in {args.pause} s\n")
+        await task.deferLater(reactor, args.pause, lambda: None)
+
+    cpu_before = {
+        "daemon": cpu_seconds(daemon_pid),
+        "bench": cpu_seconds(),
+        "receiver": cpu_seconds(child.pid) if receiver_process else 0.0,
+    }
+    wall_start = time.monotonic()
+
+    offer = Offer(bound, messages, args.window)
+    pacer = None
+    if args.rate > 0:
+        start = time.monotonic()
+        total_pdus = len(offer.queue)
+
+        def pace() -> None:
+            due = int((time.monotonic() - start) * args.rate * args.parts) + 1
+            offer.run(min(due, total_pdus))
+
+        pacer = task.LoopingCall(pace)
+        pacer.clock = reactor
+        pacer.start(0.001)
+    else:
+        offer.run()
+
+    acked = await _wait(offer.done, deadline - time.monotonic(), reactor)
+    if pacer is not None and pacer.running:
+        pacer.stop()
+    delivered = acked and await _wait(complete, deadline - time.monotonic(), reactor)
+    if delivered:
+        # Let late duplicates, if any, arrive and be counted.
+        await task.deferLater(reactor, 0.5, lambda: None)
+    wall_end = time.monotonic()
+    cpu_after = {
+        "daemon": cpu_seconds(daemon_pid),
+        "bench": cpu_seconds(),
+        "receiver": cpu_seconds(child.pid) if receiver_process else 0.0,
+    }
+
+    await daemon.stop()
+    await simulator.stop()
+    if receiver_process is not None:
+        child.signalProcess("TERM")
+        await receiver_process.ended
+        received = json.loads(results_file.read_text())
+    else:
+        await listening.stopListening()
+        received = collector.results()
+
+    report = _report(
+        args, offer, texts, received, cpu_before, cpu_after, wall_start, wall_end
+    )
+    report["acked_in_time"] = acked
+    report["delivered_in_time"] = delivered
+    report["work_dir"] = str(work)
+    _print(report, args)
+    return 0 if report["ok"] else 1
+
+
+async def _wait_bound(simulator, daemon, reactor, timeout: float = 20.0):
+    session = await _wait(simulator.whenBound(), timeout, reactor)
+    if not session:
+        return None
+    for _ in range(int(timeout / 0.05)):
+        if "bound op1-a" in daemon.text():
+            return simulator.session
+        await task.deferLater(reactor, 0.05, lambda: None)
+    return None
+
+
+def _report(args, offer, texts, received, cpu_before, cpu_after, start, end):
+    arrivals = received["arrivals"]
+    ids = {event_id for _, event_id, _ in arrivals}
+    got_texts = {text for _, _, text in arrivals}
+    sent_texts = set(texts)
+    missing = len(sent_texts - got_texts)
+    first_arrival: dict[str, float] = {}
+    for arrived, _, text in arrivals:
+        first_arrival.setdefault(text, arrived)
+
+    webhook_latency = [
+        first_arrival[texts[index]] - acked
+        for index, acked in offer.acked_at.items()
+        if texts[index] in first_arrival
+    ]
+    last_arrival = max((a for a, _, _ in arrivals), default=end)
+    first_sent = offer.first_sent or start
+    n = args.messages
+    e2e_seconds = last_arrival - first_sent
+    ack_seconds = offer.last_acked - first_sent
+    wall = end - start
+    cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+
+    ok = (
+        len(ids) == n
+        and len(got_texts) == n
+        and missing == 0
+        and not received["failures"]
+        and len(offer.acked_at) == n
+    )
+    return {
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "parameters": {
+            "messages": n,
+            "parts": args.parts,
+            "rate": args.rate,
+            "window": args.window,
+            "concurrency": args.concurrency,
+            "commit_interval": args.commit_interval,
+            "receiver": args.receiver,
+            "sample": args.sample,
+        },
+        "ok": ok,
+        "sent_pdus": offer.sent,
+        "refused": offer.refused,
+        "window_full": offer.window_full,
+        "acked_messages": len(offer.acked_at),
+        "posts": len(arrivals),
+        "distinct_ids": len(ids),
+        "distinct_texts": len(got_texts),
+        "missing_texts": missing,
+        "signature_failures": len(received["failures"]),
+        "failures_sample": received["failures"][:5],
+        "verified_hmac": len(arrivals),
+        "verified_standardwebhooks": received["sampled"],
+        "ack_rate": n / ack_seconds if ack_seconds > 0 else None,
+        "end_to_end_rate": n / e2e_seconds if e2e_seconds > 0 else None,
+        "end_to_end_seconds": e2e_seconds,
+        "deliver_sm_resp_ms": percentiles(offer.resp_latency),
+        "webhook_ms": percentiles(webhook_latency),
+        "cpu_seconds": cpu,
+        "cpu_percent_of_one_core": {
+            name: 100 * seconds / wall for name, seconds in cpu.items()
+        },
+        "wall_seconds": wall,
+    }
+
+
+def _print(report: dict, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+
+    def ms(values: dict) -> str:
+        if not values:
+            return "-"
+        return " / ".join(f"{values[k]:.1f}" for k in ("p50", "p90", "p99", "max"))
+
+    def rate(value) -> str:
+        return "-" if value is None else f"{value:,.0f} msg/s"
+
+    p = report["parameters"]
+    cpu = report["cpu_percent_of_one_core"]
+    rows = [
+        ("command", report["command"]),
+        (
+            "parameters",
+            (
+                f"messages={p['messages']} parts={p['parts']} "
+                f"rate={p['rate'] or 'max'} window={p['window']} "
+                f"concurrency={p['concurrency']} "
+                f"commit_interval={p['commit_interval']} receiver={p['receiver']}"
+            ),
+        ),
+        ("acknowledged", rate(report["ack_rate"])),
+        ("end to end", rate(report["end_to_end_rate"])),
+        (
+            "deliver_sm_resp ms",
+            ms(report["deliver_sm_resp_ms"]) + "  (p50/p90/p99/max)",
+        ),
+        ("webhook ms", ms(report["webhook_ms"]) + "  (resp -> POST arrives)"),
+        (
+            "received",
+            (
+                f"{report['posts']} posts, {report['distinct_ids']} distinct ids, "
+                f"{report['distinct_texts']} distinct texts, "
+                f"{report['missing_texts']} missing"
+            ),
+        ),
+        (
+            "signatures",
+            (
+                f"{report['verified_hmac']} HMAC-checked, "
+                f"{report['verified_standardwebhooks']} also by standardwebhooks, "
+                f"{report['signature_failures']} failed"
+            ),
+        ),
+        ("temporary refusals", str(report["refused"] or "none")),
+        (
+            "cpu, % of one core",
+            f"daemon {cpu['daemon']:.0f}, simulator {cpu['bench']:.0f}, "
+            f"receiver {cpu['receiver']:.0f}"
+            + (" (in the simulator's process)" if p["receiver"] == "inline" else ""),
+        ),
+        ("result", "nothing lost" if report["ok"] else "FAILED: see above"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench/throughput.py",
+        description="End-to-end throughput and latency of p2a-connector.",
+    )
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--parts", type=int, choices=(1, 2), default=1)
+    parser.add_argument(
+        "--rate", type=float, default=0, help="messages/s offered; 0: window-bound"
+    )
+    parser.add_argument(
+        "--window", type=int, default=64, help="unanswered deliver_sm, both ends"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=120, help="give up after this many seconds"
+    )
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=16, help="webhook posts")
+    parser.add_argument("--commit-interval", type=float, default=0.002)
+    parser.add_argument("--receiver", choices=("process", "inline"), default="process")
+    parser.add_argument(
+        "--sample", type=int, default=10, help="check every Nth with standardwebhooks"
+    )
+    parser.add_argument(
+        "--pause", type=float, default=0, help="seconds between bind and traffic"
+    )
+    parser.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--expect", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.serve_receiver:
+        serve_receiver(args)
+        return 0
+    if args.messages < 1 or args.window < 1 or args.sample < 1:
+        parser.error("--messages, --window and --sample must be at least 1")
+
+    async def react(reactor) -> None:
+        status = await run(reactor, args)
+        if status:
+            raise SystemExit(status)
+
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(react(reactor)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
