@@ -4,10 +4,17 @@ End-to-end throughput and latency of the real daemon, on this machine.
     .venv/bin/python bench/throughput.py --messages 20000 --parts 1
     .venv/bin/python bench/throughput.py --messages 10000 --parts 2
     .venv/bin/python bench/throughput.py --messages 10000 --rate 1000
+    .venv/bin/python bench/throughput.py --spool redis --dispatchers 2
 
 The daemon runs as its own ``twistd -n p2a-connector`` process
-(`p2a_connector.harness.Daemon`) with the durable sqlite spool (WAL,
-synchronous = FULL, group commit) in a fresh directory.  The project's SMSC
+(`p2a_connector.harness.Daemon`).  With ``--spool sqlite`` (the default) it
+is one process on the durable sqlite spool (WAL, synchronous = FULL, group
+commit) in a fresh directory.  With ``--spool redis`` the spool is a private
+redis-server started for the run on a free loopback port (AOF on, no
+snapshots, ``--appendfsync`` everysec by default) and stopped at the end;
+``--dispatchers 0`` runs one process of role ``all`` on it, ``--dispatchers
+N`` one ``--role receiver`` process holding the bind and N ``--role
+dispatcher`` processes posting the webhooks.  The project's SMSC
 simulator, in this process, binds it and offers ``--messages`` deliver_sm,
 either as fast as ``--window`` outstanding PDUs allow (``--rate 0``) or paced
 at ``--rate`` messages per second.  Every message has its own text and its
@@ -32,7 +39,8 @@ Measured: deliver_sm_resp latency (from writing the deliver_sm to reading
 its response, per PDU), webhook latency (from the deliver_sm_resp of a
 message's last part to its POST reaching the receiver), the rates of
 acknowledgement and of end-to-end delivery, and the CPU time each process
-used, which shows how the two cores were shared.
+used (each daemon process and redis-server apart), which shows how the two
+cores were shared.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -61,6 +70,11 @@ from p2a_connector.harness import TEST_SECRET, Daemon, config_text
 from p2a_connector.models import Address
 from p2a_connector.simulator import SMSCSimulator
 from p2a_connector.smpp_status import ESME_ROK, status_name
+
+# The tests' private redis-server, so the benchmark never touches a Redis
+# anyone else uses.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from redis_server import RedisServer, available
 
 SHORT_CODE = Address("88000", 3, 0)
 _PERCENTILES = (50, 90, 99)
@@ -343,13 +357,75 @@ def _wait(d: defer.Deferred, seconds: float, reactor) -> defer.Deferred[bool]:
     return outcome.addCallback(settled)
 
 
+def start_redis(work: Path, appendfsync: str) -> RedisServer:
+    """
+    A private redis-server with the AOF on; the tests' class fsyncs every
+    write, so the benchmark's ``appendfsync`` is set once it answers.
+    """
+    server = RedisServer(work / "redis")
+    server.start()
+    with socket.create_connection(("127.0.0.1", server.port), 2) as s:
+        s.sendall(
+            b"*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nappendfsync\r\n"
+            + f"${len(appendfsync)}\r\n{appendfsync}\r\n".encode()
+        )
+        answer = s.recv(64)
+    if not answer.startswith(b"+OK"):
+        server.stop()
+        raise RuntimeError(f"CONFIG SET appendfsync {appendfsync}: {answer!r}")
+    return server
+
+
+def start_daemons(
+    reactor, work: Path, text: str, dispatchers: int
+) -> dict[str, Daemon]:
+    """
+    The daemon processes by name: ``all`` alone, or one ``receiver`` and
+    ``dispatcher-1`` ... ``dispatcher-N``, all with the same configuration
+    (a dispatcher never dials the bind it names).
+    """
+    config = work / "connector.toml"
+    config.write_text(text)
+    if dispatchers == 0:
+        roles = {"all": ()}
+    else:
+        roles = {"receiver": ("--role", "receiver")}
+        for n in range(1, dispatchers + 1):
+            roles[f"dispatcher-{n}"] = ("--role", "dispatcher")
+    daemons = {
+        name: Daemon(reactor, config, work / f"{name}.log", args=args)
+        for name, args in roles.items()
+    }
+    for daemon in daemons.values():
+        daemon.start()
+    return daemons
+
+
+def _cpu(daemons: dict[str, Daemon], redis, receiver_pid) -> dict[str, float]:
+    cpu = {f"twistd {name}": cpu_seconds(d.process.pid) for name, d in daemons.items()}
+    if redis is not None:
+        cpu["redis-server"] = cpu_seconds(redis.process.pid)
+    cpu["bench"] = cpu_seconds()
+    cpu["receiver"] = cpu_seconds(receiver_pid) if receiver_pid else 0.0
+    return cpu
+
+
 async def run(reactor, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.duration
     work = Path(tempfile.mkdtemp(prefix="p2a-bench-"))
     messages, texts = build_messages(args.messages, args.parts)
+    redis = start_redis(work, args.appendfsync) if args.spool == "redis" else None
+    try:
+        return await _run(reactor, args, deadline, work, messages, texts, redis)
+    finally:
+        if redis is not None:
+            redis.stop()
 
+
+async def _run(reactor, args, deadline, work, messages, texts, redis) -> int:
     # The receiver.
     receiver_process = None
+    receiver_pid = None
     if args.receiver == "process":
         receiver_process = _ReceiverProcess()
         results_file = work / "received.json"
@@ -369,6 +445,7 @@ async def run(reactor, args: argparse.Namespace) -> int:
             ],
             env=dict(os.environ),
         )
+        receiver_pid = child.pid
         receiver_port = await receiver_process.port
         complete = receiver_process.complete
     else:
@@ -379,72 +456,77 @@ async def run(reactor, args: argparse.Namespace) -> int:
         listening = reactor.listenTCP(0, _QuietSite(collector), interface="127.0.0.1")
         receiver_port = listening.getHost().port
 
-    # The SMSC and the daemon.
+    # The SMSC and the daemon processes.
     simulator = SMSCSimulator("p2a", "secret", clock=reactor)
     smsc_port = simulator.listen(reactor)
-    config = work / "connector.toml"
+    if redis is not None:
+        spool = {"redis_url": redis.url}
+    else:
+        spool = {
+            "spool": work / "spool.db",
+            "spool_extra": f"commit_interval = {args.commit_interval}",
+        }
     text = config_text(
-        spool=work / "spool.db",
         webhook_url=f"http://127.0.0.1:{receiver_port}/hook",
         smsc_port=smsc_port,
         bind_extra=f"window = {args.window}",
-        spool_extra=f"commit_interval = {args.commit_interval}",
+        **spool,
     )
     text = text.replace("check_interval = 0.2", "check_interval = 5")
     text = text.replace(
         "\ntimeout = 5\n", f"\ntimeout = 5\nconcurrency = {args.concurrency}\n"
     )
-    config.write_text(text)
-    daemon = Daemon(reactor, config, work / "daemon.log")
-    daemon.start()
-    bound = await _wait_bound(simulator, daemon, reactor)
-    if bound is None:
-        sys.stderr.write(f"the daemon did not bind; its log:\n{daemon.text()}\n")
-        return 1
-    daemon_pid = daemon.process.pid
-    if args.pause:
-        sys.stderr.write(f"twistd pid {daemon_pid}; starting in {args.pause} s\n")
-        await task.deferLater(reactor, args.pause, lambda: None)
+    daemons = start_daemons(reactor, work, text, args.dispatchers)
+    binding = daemons.get("all") or daemons["receiver"]
 
-    cpu_before = {
-        "daemon": cpu_seconds(daemon_pid),
-        "bench": cpu_seconds(),
-        "receiver": cpu_seconds(child.pid) if receiver_process else 0.0,
-    }
-    wall_start = time.monotonic()
+    try:
+        bound = await _wait_bound(simulator, binding, reactor)
+        if bound is None:
+            sys.stderr.write(f"the daemon did not bind; its log:\n{binding.text()}\n")
+            return 1
+        if args.dispatchers:
+            await _wait_started(daemons, reactor)
+        if args.pause:
+            pids = ", ".join(f"{n} {d.process.pid}" for n, d in daemons.items())
+            sys.stderr.write(f"twistd pids: {pids}; starting in {args.pause} s\n")
+            await task.deferLater(reactor, args.pause, lambda: None)
 
-    offer = Offer(bound, messages, args.window)
-    pacer = None
-    if args.rate > 0:
-        start = time.monotonic()
-        total_pdus = len(offer.queue)
+        cpu_before = _cpu(daemons, redis, receiver_pid)
+        wall_start = time.monotonic()
 
-        def pace() -> None:
-            due = int((time.monotonic() - start) * args.rate * args.parts) + 1
-            offer.run(min(due, total_pdus))
+        offer = Offer(bound, messages, args.window)
+        pacer = None
+        if args.rate > 0:
+            start = time.monotonic()
+            total_pdus = len(offer.queue)
 
-        pacer = task.LoopingCall(pace)
-        pacer.clock = reactor
-        pacer.start(0.001)
-    else:
-        offer.run()
+            def pace() -> None:
+                due = int((time.monotonic() - start) * args.rate * args.parts) + 1
+                offer.run(min(due, total_pdus))
 
-    acked = await _wait(offer.done, deadline - time.monotonic(), reactor)
-    if pacer is not None and pacer.running:
-        pacer.stop()
-    delivered = acked and await _wait(complete, deadline - time.monotonic(), reactor)
-    if delivered:
-        # Let late duplicates, if any, arrive and be counted.
-        await task.deferLater(reactor, 0.5, lambda: None)
-    wall_end = time.monotonic()
-    cpu_after = {
-        "daemon": cpu_seconds(daemon_pid),
-        "bench": cpu_seconds(),
-        "receiver": cpu_seconds(child.pid) if receiver_process else 0.0,
-    }
+            pacer = task.LoopingCall(pace)
+            pacer.clock = reactor
+            pacer.start(0.001)
+        else:
+            offer.run()
 
-    await daemon.stop()
-    await simulator.stop()
+        acked = await _wait(offer.done, deadline - time.monotonic(), reactor)
+        if pacer is not None and pacer.running:
+            pacer.stop()
+        delivered = acked and await _wait(
+            complete, deadline - time.monotonic(), reactor
+        )
+        if delivered:
+            # Let late duplicates, if any, arrive and be counted.
+            await task.deferLater(reactor, 0.5, lambda: None)
+        wall_end = time.monotonic()
+        cpu_after = _cpu(daemons, redis, receiver_pid)
+    finally:
+        for daemon in daemons.values():
+            if daemon.running:
+                await daemon.stop()
+        await simulator.stop()
+
     if receiver_process is not None:
         child.signalProcess("TERM")
         await receiver_process.ended
@@ -461,6 +543,15 @@ async def run(reactor, args: argparse.Namespace) -> int:
     report["work_dir"] = str(work)
     _print(report, args)
     return 0 if report["ok"] else 1
+
+
+async def _wait_started(daemons: dict[str, Daemon], reactor, timeout: float = 20.0):
+    """Until every dispatcher process has its spool open."""
+    for _ in range(int(timeout / 0.05)):
+        if all("spool open" in d.text() for d in daemons.values()):
+            return
+        await task.deferLater(reactor, 0.05, lambda: None)
+    raise RuntimeError("a dispatcher did not start; see its log in the work dir")
 
 
 async def _wait_bound(simulator, daemon, reactor, timeout: float = 20.0):
@@ -509,10 +600,15 @@ def _report(args, offer, texts, received, cpu_before, cpu_after, start, end):
         "parameters": {
             "messages": n,
             "parts": args.parts,
+            "spool": args.spool,
+            "dispatchers": args.dispatchers,
+            "appendfsync": args.appendfsync if args.spool == "redis" else None,
             "rate": args.rate,
             "window": args.window,
             "concurrency": args.concurrency,
-            "commit_interval": args.commit_interval,
+            "commit_interval": (
+                args.commit_interval if args.spool == "sqlite" else None
+            ),
             "receiver": args.receiver,
             "sample": args.sample,
         },
@@ -557,6 +653,21 @@ def _print(report: dict, args: argparse.Namespace) -> None:
 
     p = report["parameters"]
     cpu = report["cpu_percent_of_one_core"]
+    if p["spool"] == "redis":
+        spool = f"spool=redis appendfsync={p['appendfsync']}"
+        processes = (
+            "all"
+            if not p["dispatchers"]
+            else (f"receiver + {p['dispatchers']} dispatcher(s)")
+        )
+    else:
+        spool = f"spool=sqlite commit_interval={p['commit_interval']}"
+        processes = "all"
+    daemon_cpu = ", ".join(
+        f"{name} {value:.0f}"
+        for name, value in cpu.items()
+        if name not in ("bench", "receiver")
+    )
     rows = [
         ("command", report["command"]),
         (
@@ -564,10 +675,11 @@ def _print(report: dict, args: argparse.Namespace) -> None:
             (
                 f"messages={p['messages']} parts={p['parts']} "
                 f"rate={p['rate'] or 'max'} window={p['window']} "
-                f"concurrency={p['concurrency']} "
-                f"commit_interval={p['commit_interval']} receiver={p['receiver']}"
+                f"concurrency={p['concurrency']} {spool} "
+                f"receiver={p['receiver']}"
             ),
         ),
+        ("daemon processes", processes),
         ("acknowledged", rate(report["ack_rate"])),
         ("end to end", rate(report["end_to_end_rate"])),
         (
@@ -594,8 +706,8 @@ def _print(report: dict, args: argparse.Namespace) -> None:
         ("temporary refusals", str(report["refused"] or "none")),
         (
             "cpu, % of one core",
-            f"daemon {cpu['daemon']:.0f}, simulator {cpu['bench']:.0f}, "
-            f"receiver {cpu['receiver']:.0f}"
+            f"{daemon_cpu}, simulator {cpu['bench']:.0f}, "
+            f"webhook receiver {cpu['receiver']:.0f}"
             + (" (in the simulator's process)" if p["receiver"] == "inline" else ""),
         ),
         ("result", "nothing lost" if report["ok"] else "FAILED: see above"),
@@ -623,7 +735,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--concurrency", type=int, default=16, help="webhook posts")
-    parser.add_argument("--commit-interval", type=float, default=0.002)
+    parser.add_argument(
+        "--commit-interval", type=float, default=0.002, help="sqlite only"
+    )
+    parser.add_argument("--spool", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument(
+        "--dispatchers",
+        type=int,
+        default=0,
+        help="redis only: 0 one process of role all; N a receiver + N dispatchers",
+    )
+    parser.add_argument(
+        "--appendfsync",
+        choices=("everysec", "always"),
+        default="everysec",
+        help="the private redis-server's AOF fsync policy",
+    )
     parser.add_argument("--receiver", choices=("process", "inline"), default="process")
     parser.add_argument(
         "--sample", type=int, default=10, help="check every Nth with standardwebhooks"
@@ -641,6 +768,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.messages < 1 or args.window < 1 or args.sample < 1:
         parser.error("--messages, --window and --sample must be at least 1")
+    if args.dispatchers < 0:
+        parser.error("--dispatchers must be 0 or more")
+    if args.dispatchers and args.spool != "redis":
+        parser.error("--dispatchers needs --spool redis: sqlite allows role all only")
+    if args.spool == "redis" and not available():
+        parser.error("--spool redis needs a redis-server binary on the PATH")
 
     async def react(reactor) -> None:
         status = await run(reactor, args)

@@ -54,8 +54,10 @@ local function store_event(prefix, group, id, etype, webhook, body, created, now
   return 1
 end
 
+-- The counts travel as one JSON string: the client parses a nested reply
+-- element by element in Python, one JSON string at C speed.
 local function counted(prefix, status, extra)
-  return {status, redis.call('HGETALL', prefix .. 'counts'),
+  return {status, cjson.encode(redis.call('HGETALL', prefix .. 'counts')),
     redis.call('GET', prefix .. 'pending') or '0', extra or {}}
 end
 

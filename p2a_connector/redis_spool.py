@@ -588,16 +588,17 @@ class RedisSpool:
         return ensureDeferred(read())
 
 
-def _reassemblies(counts: list) -> Reassemblies:
-    fields = dict(zip(counts[::2], counts[1::2]))
+def _reassemblies(counts: bytes) -> Reassemblies:
+    # An empty hash arrives as cjson's empty table, ``{}``.
+    flat = json.loads(counts) or []
+    fields = dict(zip(flat[::2], flat[1::2]))
     by_operator = {}
     for name, value in fields.items():
-        name = _text(name)
         if name.startswith("op:") and int(value) > 0:
             by_operator[name[3:]] = int(value)
     return Reassemblies(
-        count=int(fields.get(b"count", 0)),
-        bytes=int(fields.get(b"bytes", 0)),
+        count=int(fields.get("count", 0)),
+        bytes=int(fields.get("bytes", 0)),
         by_operator=by_operator,
     )
 
