@@ -1,4 +1,4 @@
-"""The sqlite spool: durability, group commit, reassembly, the delivery queue."""
+"""The sqlite spool beyond the shared contract: durability, group commit, its file."""
 
 import json
 import os
@@ -228,16 +228,6 @@ async def test_segments_completing_in_one_transaction_yield_one_event(spool, ass
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_repeated_segment_is_ignored(spool, assembler):
-    await spool.store(segment("r1", 1, 2, "a"))
-    await spool.store(segment("r1", 1, 2, "A-resent"))
-    completed = await spool.store(segment("r1", 2, 2, "b"))
-
-    assert json.loads(completed.body)["data"]["text"] == "ab"
-    assert len(assembler.calls[0][0]) == 2
-
-
-@pytest_twisted.ensureDeferred
 async def test_a_segment_of_a_recently_completed_message_is_ignored(spool, assembler):
     await spool.store(segment("r1", 1, 2, "a"))
     await spool.store(segment("r1", 2, 2, "b"))
@@ -248,20 +238,6 @@ async def test_a_segment_of_a_recently_completed_message_is_ignored(spool, assem
     assert spool.pending() == 1
     assert await spool.expire(reactor.seconds() + 3600) == []
     assert len(assembler.calls) == 1
-
-
-@pytest_twisted.ensureDeferred
-async def test_after_completed_ttl_the_same_key_starts_a_new_message(path):
-    spool = SqliteSpool(path, Assembler(), reactor, completed_ttl=0.0)
-    await spool.open()
-    await spool.store(segment("r1", 1, 2, "a"))
-    await spool.store(segment("r1", 2, 2, "b"))
-    await _tick()
-
-    await spool.store(segment("r1", 1, 2, "x"))
-
-    assert [e.id for e in await spool.expire(reactor.seconds() + 1)] == ["msg_r1_2"]
-    await spool.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -285,17 +261,6 @@ async def test_expire_leaves_messages_younger_than_the_limit(spool):
 
     assert await spool.expire(older_than=2000.0) == []
     assert (await spool.store(segment("r1", 2, 2, "b"))).id == "msg_r1"
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_late_sibling_of_an_expired_message_is_not_dropped(spool):
-    await spool.store(segment("r1", 1, 2, "a", at=1000.0))
-    await spool.expire(older_than=1001.0)
-
-    await spool.store(segment("r1", 2, 2, "b", at=1002.0))
-    late = await spool.expire(older_than=1003.0)
-
-    assert json.loads(late[0].body)["data"] == {"text": "b", "complete": False}
 
 
 @pytest_twisted.ensureDeferred
@@ -339,13 +304,6 @@ def test_a_segment_numbered_beyond_its_total_is_refused():
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_repeated_event_is_stored_once(spool):
-    assert (await spool.store(event("msg_1"))).id == "msg_1"
-    assert await spool.store(event("msg_1")) is None
-    assert spool.pending() == 1
-
-
-@pytest_twisted.ensureDeferred
 async def test_pending_is_loaded_when_the_file_is_opened(spool):
     await gatherResults([spool.store(event(f"msg_{n}")) for n in range(3)])
     await spool.dead("msg_0", 1, "HTTP 400")
@@ -367,119 +325,6 @@ async def test_expire_recounts_what_another_process_changed(spool):
 
     assert spool.pending() == 0
     await spool.expire(older_than=0.0)
-    assert spool.pending() == 1
-
-
-@pytest_twisted.ensureDeferred
-async def test_due_lists_events_waiting_longest_first(spool):
-    for n in range(3):
-        await spool.store(event(f"msg_{n}"))
-
-    due = await spool.due(reactor.seconds(), 10)
-
-    assert [e.id for e in due] == ["msg_0", "msg_1", "msg_2"]
-    assert [e.attempt for e in due] == [0, 0, 0]
-
-
-@pytest_twisted.ensureDeferred
-async def test_due_respects_limit_exclude_and_webhook(spool):
-    await spool.store(event("msg_a1", webhook="a"))
-    await spool.store(event("msg_a2", webhook="a"))
-    await spool.store(event("msg_a3", webhook="a"))
-    await spool.store(event("msg_b1", webhook="b"))
-    now = reactor.seconds()
-
-    assert [e.id for e in await spool.due(now, 1)] == ["msg_a1"]
-    assert [e.id for e in await spool.due(now, 2, exclude={"msg_a1"})] == [
-        "msg_a2",
-        "msg_a3",
-    ]
-    assert [e.id for e in await spool.due(now, 10, webhook="b")] == ["msg_b1"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_next_due_is_the_earliest_attempt_time(spool):
-    assert await spool.next_due() is None
-    await spool.store(event("msg_1"))
-    await spool.store(event("msg_2"))
-    now = reactor.seconds()
-    await spool.retry("msg_1", 1, now + 50, "HTTP 503")
-    await spool.retry("msg_2", 1, now + 20, "HTTP 503")
-
-    assert await spool.next_due() == now + 20
-    assert await spool.next_due(exclude={"msg_2"}) == now + 50
-    assert await spool.next_due(webhook="other") is None
-
-
-@pytest_twisted.ensureDeferred
-async def test_retry_postpones_an_event_and_counts_the_attempt(spool):
-    await spool.store(event("msg_1"))
-    now = reactor.seconds()
-
-    await spool.retry("msg_1", 1, now + 100, "HTTP 503")
-
-    assert await spool.due(now, 10) == []
-    [later] = await spool.due(now + 100, 10)
-    assert later.attempt == 1
-    assert spool.pending() == 1
-
-
-@pytest_twisted.ensureDeferred
-async def test_delivered_forgets_the_event(spool):
-    await spool.store(event("msg_1"))
-
-    await spool.delivered("msg_1")
-
-    assert spool.pending() == 0
-    assert await spool.due(reactor.seconds(), 10) == []
-    assert await spool.next_due() is None
-
-
-@pytest_twisted.ensureDeferred
-async def test_dead_moves_the_event_to_the_dead_letters(spool):
-    await spool.store(event("msg_1"))
-
-    await spool.dead("msg_1", 3, "HTTP 400")
-
-    assert spool.pending() == 0
-    assert await spool.due(reactor.seconds(), 10) == []
-    [letter] = await spool.dead_letters()
-    assert letter["id"] == "msg_1"
-    assert letter["webhook"] == "app"
-    assert letter["type"] == "message.received"
-    assert letter["reason"] == "HTTP 400"
-    assert letter["attempts"] == 3
-    assert letter["failed_at"] >= letter["created_at"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_replay_makes_dead_letters_due_now_from_attempt_zero(spool):
-    for n in range(3):
-        await spool.store(event(f"msg_{n}"))
-        await spool.retry(f"msg_{n}", 2, reactor.seconds() + 10, "HTTP 503")
-        await spool.dead(f"msg_{n}", 2, "HTTP 400")
-
-    assert await spool.replay(["msg_1", "msg_unknown"]) == 1
-    assert spool.pending() == 1
-    [again] = await spool.due(reactor.seconds(), 10)
-    assert (again.id, again.attempt) == ("msg_1", 0)
-
-    assert await spool.replay(None) == 2
-    assert spool.pending() == 3
-    assert await spool.dead_letters() == []
-
-
-@pytest_twisted.ensureDeferred
-async def test_purge_deletes_dead_letters_only(spool):
-    for n in range(3):
-        await spool.store(event(f"msg_{n}"))
-    await spool.dead("msg_0", 1, "HTTP 400")
-    await spool.dead("msg_1", 1, "HTTP 400")
-
-    assert await spool.purge(["msg_0", "msg_2"]) == 1
-    assert [d["id"] for d in await spool.dead_letters()] == ["msg_1"]
-    assert await spool.purge(None) == 1
-    assert await spool.dead_letters() == []
     assert spool.pending() == 1
 
 
