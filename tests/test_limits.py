@@ -144,33 +144,6 @@ async def refusal(d) -> SpoolLimit:
 
 
 @pytest_twisted.ensureDeferred
-async def test_past_the_per_operator_bound_a_new_reassembly_is_refused(bounded):
-    await bounded.store(segment("a", 1, 2))
-    await bounded.store(segment("b", 1, 2))
-
-    refused = await refusal(bounded.store(segment("c", 1, 2)))
-
-    assert (refused.limit, refused.bound, refused.operator) == (
-        "max_reassemblies_per_operator",
-        2,
-        "op1",
-    )
-    assert bounded.reassemblies().by_operator == {"op1": 2}
-    assert (await bounded.store(segment("d", 1, 2, operator="op2"))) is None
-
-
-@pytest_twisted.ensureDeferred
-async def test_past_the_total_bound_a_new_reassembly_is_refused(bounded):
-    for ref, operator in [("a", "op1"), ("b", "op1"), ("c", "op2")]:
-        await bounded.store(segment(ref, 1, 2, operator))
-
-    refused = await refusal(bounded.store(segment("d", 1, 2, operator="op3")))
-
-    assert (refused.limit, refused.bound) == ("max_reassemblies", 3)
-    assert bounded.reassemblies().count == 3
-
-
-@pytest_twisted.ensureDeferred
 async def test_past_the_bound_open_reassemblies_still_take_segments_and_complete(
     bounded,
 ):
@@ -183,28 +156,6 @@ async def test_past_the_bound_open_reassemblies_still_take_segments_and_complete
 
     assert json.loads(completed.body)["text"] == "<a.1><a.2><a.3>"
     assert (await bounded.store(segment("c", 1, 2))) is None
-
-
-@pytest_twisted.ensureDeferred
-async def test_past_the_byte_bound_a_segment_is_refused_unless_it_completes(
-    tmp_path,
-):
-    record_bytes = stored_size(segment("a", 1, 3))
-    spool = open_spool(
-        tmp_path / "spool.db", assemble, limits(max_reassembly_bytes=2 * record_bytes)
-    )
-    await spool.open()
-    await spool.store(segment("a", 1, 3))
-    await spool.store(segment("b", 1, 2))
-
-    refused = await refusal(spool.store(segment("a", 2, 3)))
-    completed = await spool.store(segment("b", 2, 2))
-
-    assert (refused.limit, refused.bound) == ("max_reassembly_bytes", 2 * record_bytes)
-    assert completed is not None
-    assert spool.reassemblies() == Reassemblies(1, record_bytes, {"op1": 1})
-    assert (await spool.store(segment("a", 2, 3))) is None
-    await spool.close()
 
 
 @pytest_twisted.ensureDeferred
