@@ -148,6 +148,15 @@ class LimitsConfig:
 
 
 @attrs.frozen
+class AdminConfig:
+    """The admin HTTP endpoint: /healthz, /readyz, /metrics."""
+
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = 8790
+
+
+@attrs.frozen
 class Config:
     spool: SpoolConfig
     reassembly: ReassemblyConfig
@@ -155,6 +164,7 @@ class Config:
     operators: tuple[OperatorConfig, ...]
     routes: tuple[RouteConfig, ...] = ()
     shutdown_timeout: float = 10.0
+    admin: AdminConfig = AdminConfig()
     limits: LimitsConfig = LimitsConfig()
 
     def webhook(self, name: str) -> WebhookConfig:
@@ -323,6 +333,7 @@ def parse(raw: dict, base: Path = Path(".")) -> Config:
     webhooks = tuple(_webhook(s) for s in root.tables("webhook"))
     operators = tuple(_operator(s) for s in root.tables("operator"))
     routes = tuple(_route(s) for s in root.tables("route"))
+    admin = _admin(root.table("admin"))
     shutdown_timeout = root.positive("shutdown_timeout", float, 10.0)
     root.finish()
 
@@ -359,6 +370,7 @@ def parse(raw: dict, base: Path = Path(".")) -> Config:
         routes=routes,
         shutdown_timeout=shutdown_timeout,
         limits=limits,
+        admin=admin,
     )
 
 
@@ -622,6 +634,26 @@ def _overrides(s: _Section) -> tuple[tuple[int, str], ...]:
             raise ConfigError(f"{where}: expected an encoding name")
         pairs.append((value, name))
     return tuple(sorted(pairs))
+
+
+def _admin(s: _Section) -> AdminConfig:
+    port = s.get("port", int, 8790)
+    if not 0 <= port < 65536:
+        raise ConfigError(
+            f"{s.key('port')}: {port} is not a TCP port (0: any free one)"
+        )
+    address = s.get("address", str, "127.0.0.1")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(
+            f"{s.key('address')}: {address!r} is not an IP address"
+        ) from None
+    config = AdminConfig(
+        enabled=s.get("enabled", bool, True), address=address, port=port
+    )
+    s.finish()
+    return config
 
 
 def _route(s: _Section) -> RouteConfig:

@@ -52,6 +52,9 @@ shutdown_timeout = 5
 check_interval = 0.2
 {reassembly_extra}
 
+[admin]
+port = 0
+
 [[webhook]]
 name = "app"
 url = "{webhook_url}"

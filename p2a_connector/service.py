@@ -17,8 +17,11 @@ from __future__ import annotations
 from twisted.application.service import MultiService, Service
 from twisted.internet import task
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.web.server import Site
 
+from p2a_connector.admin import admin_resource
 from p2a_connector.bind import BindService
 from p2a_connector.config import ROLES, Config
 from p2a_connector.dispatcher import Dispatcher
@@ -64,6 +67,7 @@ class Connector(Service):
                 BindService(bind, self.intake.handler(bind), reactor).setServiceParent(
                     self.binds
                 )
+        self.admin_port = None
         self._sweeper = task.LoopingCall(self._expire_orphans)
         self._sweeper.clock = reactor
         self.ready = None
@@ -90,11 +94,34 @@ class Connector(Service):
             path=location(self.config.spool),
             pending=self.spool.pending(),
         )
+        if self.config.admin.enabled:
+            self._listen_admin()
         if self.role != "receiver":
             self.dispatcher.startService()
         if self.role != "dispatcher":
             self.binds.startService()
             self._sweeper.start(self.config.reassembly.check_interval, now=True)
+
+    def _listen_admin(self) -> None:
+        admin = self.config.admin
+        try:
+            self.admin_port = self.reactor.listenTCP(
+                admin.port, Site(admin_resource(self)), interface=admin.address
+            )
+        except CannotListenError as e:
+            self.log.error(
+                "admin endpoint cannot listen on {address}:{port}: {error}; "
+                "running without it",
+                address=admin.address,
+                port=admin.port,
+                error=str(e.socketError),
+            )
+            return
+        self.log.info(
+            "admin endpoint on http://{address}:{port}/ (healthz, readyz, metrics)",
+            address=admin.address,
+            port=self.admin_port.getHost().port,
+        )
 
     @inlineCallbacks
     def stopService(self):
@@ -107,6 +134,8 @@ class Connector(Service):
             yield self.binds.stopService()
         if self.dispatcher.running:
             yield self.dispatcher.stopService()
+        if self.admin_port is not None:
+            yield self.admin_port.stopListening()
         yield self.spool.close()
         self.log.info("stopped")
 

@@ -294,3 +294,15 @@ def test_a_bad_redis_spool_key_is_named(tmp_path, line, message):
 
     with pytest.raises(ConfigError, match=message):
         config.load(write(tmp_path, text))
+
+
+def test_the_admin_endpoint_defaults_to_loopback(tmp_path):
+    admin = config.load(write(tmp_path, MINIMAL)).admin
+
+    assert (admin.enabled, admin.address, admin.port) == (True, "127.0.0.1", 8790)
+
+
+def test_an_admin_address_must_be_an_ip_address(tmp_path):
+    text = MINIMAL + '\n[admin]\naddress = "localhost:80"\n'
+
+    assert error_for(tmp_path, text).startswith("admin.address: 'localhost:80' is not")

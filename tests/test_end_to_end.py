@@ -8,6 +8,7 @@ including what happens when the process is killed.
 
 import json
 import os
+import re
 import signal
 import sys
 from collections import Counter
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet import reactor, utils
 from twisted.internet.defer import (
     Deferred,
@@ -432,3 +434,49 @@ async def test_segments_arriving_on_two_binds_make_one_message(daemon, smsc, rec
         assert second.received[0].command == "bind_receiver"
     finally:
         await second.stop()
+
+
+def admin_url(process: Daemon) -> str:
+    """The admin endpoint's base URL, from the line the daemon logs."""
+    found = re.search(r"admin endpoint on (http://127\.0\.0\.1:\d+/)", process.text())
+    assert found, process.text()
+    return found.group(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_endpoint_answers_health_readiness_and_metrics(daemon, smsc):
+    process = daemon()
+    await bound(smsc, process)
+    base = admin_url(process)
+
+    health = await treq.get(base + "healthz")
+    ready = await treq.get(base + "readyz")
+    metrics = await (await treq.get(base + "metrics")).text()
+
+    assert health.code == 200
+    assert ready.code == 200
+    assert (await ready.json())["binds_down"] == []
+    assert 'p2a_bind_up{bind="op1-a",operator="op1"} 1.0' in metrics
+    assert "p2a_events_pending 0.0" in metrics
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_says_which_bind_is_down(daemon, smsc):
+    process = daemon()
+    await bound(smsc, process)
+    base = admin_url(process)
+
+    smsc.refuse_status = status_code("ESME_RBINDFAIL")
+    smsc.disconnect()
+    response = None
+    for _ in range(40):
+        response = await treq.get(base + "readyz")
+        if response.code == 503:
+            break
+        await sleep(0.1)
+
+    assert response.code == 503
+    body = await response.json()
+    assert body["binds_down"] == ["op1-a"]
+    assert body["operators_without_a_bound_bind"] == ["op1"]
+    assert body["spool"] == "ok"
