@@ -1,25 +1,27 @@
 """
-The admin HTTP endpoint: liveness, readiness and Prometheus metrics.
+The admin HTTP endpoint: liveness, readiness, status, message trails and
+Prometheus metrics.
 
 ``/healthz`` answers while the process runs.  ``/readyz`` answers 200 when
 every operator has at least one bound bind and the spool answers a read,
 503 otherwise, with a JSON body saying which binds are down and whether the
-spool answered.  ``/metrics`` is the Prometheus text format, read from the
-daemon's own state at scrape time.
+spool answered.  ``/status`` and ``/trail/<event id>`` are JSON too
+(`p2a_connector.status`); ``/v1/messages`` is the outbound API
+(`p2a_connector.api`).  ``/metrics`` is the Prometheus text format: gauges read
+from the daemon's own state at scrape time, and the counters and histograms
+of `p2a_connector.metrics`.  With ``[admin] token`` set, every path but
+``/healthz`` needs it as a bearer token.
 """
 
 from __future__ import annotations
 
-import json
-
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from twisted.internet.defer import ensureDeferred
-from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
-SPOOL_CHECK_TIMEOUT = 2.0
+from p2a_connector import api, status
+from p2a_connector.bearer import BearerGate
 
 
 class _Collector:
@@ -68,66 +70,6 @@ class _Health(Resource):
         return b"ok\n"
 
 
-class _Ready(Resource):
-    isLeaf = True
-    log = Logger()
-
-    def __init__(self, connector):
-        super().__init__()
-        self.connector = connector
-
-    def render_GET(self, request: Request):
-        d = ensureDeferred(self._answer(request))
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    async def _answer(self, request: Request) -> None:
-        down = [
-            service.bind.name
-            for service in self.connector.binds
-            if service.state != "bound"
-        ]
-        bound_operators = {
-            service.bind.operator
-            for service in self.connector.binds
-            if service.state == "bound"
-        }
-        operators = [operator.name for operator in self.connector.config.operators]
-        unbound_operators = [
-            name
-            for name in operators
-            if name not in bound_operators and self.connector.role != "dispatcher"
-        ]
-        spool_ok = await self._spool_answers()
-
-        ready = spool_ok and not unbound_operators
-        body = {
-            "ready": ready,
-            "spool": "ok" if spool_ok else "unreachable",
-            "operators_without_a_bound_bind": unbound_operators,
-            "binds_down": down,
-        }
-        request.setResponseCode(200 if ready else 503)
-        request.setHeader(b"content-type", b"application/json")
-        request.write(json.dumps(body).encode())
-        request.finish()
-
-    async def _spool_answers(self) -> bool:
-        try:
-            await self.connector.spool.next_due().addTimeout(
-                SPOOL_CHECK_TIMEOUT, self.connector.reactor
-            )
-        except Exception:  # noqa: BLE001 - any failure means not ready
-            return False
-        return True
-
-    def _failed(self, failure, request: Request) -> None:
-        self.log.failure("readiness check failed", failure)
-        if not request.finished:
-            request.setResponseCode(500)
-            request.finish()
-
-
 class _Metrics(Resource):
     isLeaf = True
 
@@ -144,8 +86,16 @@ def admin_resource(connector) -> Resource:
     """The admin endpoint's resource tree for one connector."""
     registry = CollectorRegistry()
     registry.register(_Collector(connector))
+    # The connector's counters and histograms, served with the gauges.
+    registry.register(connector.metrics.registry)
     root = Resource()
     root.putChild(b"healthz", _Health())
-    root.putChild(b"readyz", _Ready(connector))
+    root.putChild(b"readyz", status.ReadyResource(connector))
     root.putChild(b"metrics", _Metrics(registry))
+    root.putChild(b"status", status.StatusResource(connector))
+    root.putChild(b"trail", status.TrailResource(connector))
+    root.putChild(b"v1", api.api_resource(connector))
+    token = connector.config.admin.token
+    if token is not None:
+        return BearerGate(root, token, open_children=[b"healthz"])
     return root

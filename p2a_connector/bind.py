@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from p2a_connector.config import BindConfig
+from p2a_connector.metrics import Metrics
 from p2a_connector.session import BindRefused, BindTimeout, ESMEProtocol, MOHandler
 
 
@@ -49,9 +50,11 @@ class BindService(Service):
         *,
         endpoint: IStreamClientEndpoint | None = None,
         random: Callable[[], float] = _random.random,
+        metrics: Metrics | None = None,
     ):
         self.bind = bind
         self.name = f"bind:{bind.name}"
+        self.metrics = (metrics or Metrics()).bind(bind.operator, bind.name)
         self.state = "stopped"
         self.session: ESMEProtocol | None = None
         self._handler = handler
@@ -84,9 +87,11 @@ class BindService(Service):
             factor=2,
             jitter=lambda: self._random() * bind.reconnect_initial,
         )
-        self._sessions = _SessionFactory(bind, self._handler, self._reactor)
+        self._sessions = _SessionFactory(
+            bind, self._handler, self._reactor, self.metrics
+        )
         self._client = ClientService(
-            _HandshakeGuard(self._endpoint, self._sessions),
+            _HandshakeGuard(self._endpoint, self._sessions, self._connect_failed),
             self._sessions,
             retryPolicy=policy,
             clock=self._reactor,
@@ -126,6 +131,7 @@ class BindService(Service):
         return binding
 
     def _bound(self, _: None, session: ESMEProtocol) -> None:
+        self.metrics.binds["bound"].inc()
         self.session = session
         self.state = "bound"
         session.whenClosed().addCallback(self._lost, session)
@@ -134,6 +140,10 @@ class BindService(Service):
             waiter.callback(session)
 
     def _not_bound(self, failure: Failure) -> Failure:
+        if failure.check(BindRefused):
+            self.metrics.binds["refused"].inc()
+        elif not failure.check(CancelledError):
+            self.metrics.binds["failed"].inc()
         if self.running:
             self.state = "connecting"
         # The session has already logged refusals and timeouts.
@@ -143,6 +153,11 @@ class BindService(Service):
                 bind=self.bind.name,
                 reason=failure.getErrorMessage(),
             )
+        return failure
+
+    def _connect_failed(self, failure: Failure) -> Failure:
+        if not failure.check(CancelledError):
+            self.metrics.binds["failed"].inc()
         return failure
 
     def _lost(self, _: None, session: ESMEProtocol) -> None:
@@ -171,14 +186,15 @@ def _endpoint(bind: BindConfig, reactor) -> IStreamClientEndpoint:
 class _SessionFactory(Factory):
     """Builds the ESMEProtocol for each connection ClientService makes."""
 
-    def __init__(self, bind: BindConfig, handler: MOHandler, clock):
+    def __init__(self, bind: BindConfig, handler: MOHandler, clock, metrics):
         self.bind = bind
         self.handler = handler
         self.clock = clock
+        self.metrics = metrics
         self.last: ESMEProtocol | None = None
 
     def buildProtocol(self, addr: IAddress) -> ESMEProtocol:
-        self.last = ESMEProtocol(self.bind, self.handler, self.clock)
+        self.last = ESMEProtocol(self.bind, self.handler, self.clock, self.metrics)
         return self.last
 
 
@@ -192,13 +208,19 @@ class _SessionFactory(Factory):
 
 @implementer(IStreamClientEndpoint)
 class _HandshakeGuard:
-    def __init__(self, endpoint: IStreamClientEndpoint, sessions: _SessionFactory):
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        sessions: _SessionFactory,
+        failed: Callable[[Failure], Failure],
+    ):
         self._endpoint = endpoint
         self._sessions = sessions
+        self._failed = failed
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         connecting = self._endpoint.connect(_GuardFactory(factory, self._sessions))
-        return connecting.addCallback(lambda guarded: guarded.proxy)
+        return connecting.addCallbacks(lambda guarded: guarded.proxy, self._failed)
 
 
 class _GuardFactory(Factory):

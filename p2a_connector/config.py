@@ -8,6 +8,7 @@ is wrong with it, so an operator can fix the file without reading code.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,11 @@ from p2a_connector.alphabets import DecodeOptions
 from p2a_connector.smpp_status import status_code
 
 ALPHABETS = ("gsm7", "latin1", "ascii", "utf8")
-BIND_MODES = ("receiver", "transceiver")
+BIND_MODES = ("receiver", "transceiver", "transmitter")
+# Binds that can carry submit_sm.
+TRANSMITTING_MODES = ("transceiver", "transmitter")
+# How a long reply is carried: see p2a_connector.compose.
+LONG_MESSAGES = ("udh8", "udh16", "sar", "payload")
 # What one daemon process does: see p2a_connector.service.
 ROLES = ("all", "receiver", "dispatcher")
 # SMPP 3.4, 5.2.5 and 5.2.6: the type-of-number and numbering-plan values.
@@ -29,6 +34,11 @@ NPIS = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
 # permanent and would make the SMSC discard the message, so it is not here.
 BUSY_STATUSES = ("ESME_RX_T_APPN", "ESME_RTHROTTLED", "ESME_RMSGQFUL", "ESME_RSYSERR")
 
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warn", "error")
+# Where systemd puts the files named by LoadCredential= (systemd.exec(5)).
+CREDENTIALS_VARIABLE = "CREDENTIALS_DIRECTORY"
 
 # Headers every post carries, which configuration must not replace.
 RESERVED_HEADERS = frozenset(
@@ -69,6 +79,39 @@ class BindConfig:
     gsm7_packed: bool = False
     data_coding_overrides: tuple[tuple[int, str], ...] = ()
     decode_fallback: bool = True
+    # Replies: submit_sm per second (0: unlimited), outstanding submit_sm,
+    # seconds to wait for a submit_sm_resp, what receipts to ask for, how a
+    # long reply is split and into at most how many parts.
+    submit_rate: float = 20.0
+    submit_window: int = 10
+    submit_timeout: float = 30.0
+    registered_delivery: int = 1
+    long_messages: str = "udh8"
+    max_reply_parts: int = 10
+
+    @property
+    def transmits(self) -> bool:
+        """Whether this bind can send submit_sm (transmitter or transceiver)."""
+        return self.mode in TRANSMITTING_MODES
+
+
+@attrs.frozen
+class OutboundConfig:
+    """
+    How replies are retried: the first pause of a bind after the SMSC says
+    it is throttling or its queue is full (doubling up to ``throttle_max``),
+    how long a reply may keep failing before it is given up, and the wait
+    while its operator has no bound bind that can send.  Sent and failed
+    messages are kept ``keep`` seconds (``GET /v1/messages/<id>``), and the
+    SMSC's message ids ``receipt_keep`` seconds, to tie receipts to them.
+    """
+
+    throttle_delay: float = 1.0
+    throttle_max: float = 60.0
+    retry_for: float = 3600.0
+    no_bind_delay: float = 5.0
+    keep: float = 7 * 24 * 3600.0
+    receipt_keep: float = 3 * 24 * 3600.0
 
 
 @attrs.frozen
@@ -148,12 +191,56 @@ class LimitsConfig:
 
 
 @attrs.frozen
+class ConversationConfig:
+    """
+    How messages are grouped: a person's messages to one number over one
+    operator form a conversation while no more than ``idle_timeout`` seconds
+    pass between them; a USSD session with no message for ``ussd_idle``
+    seconds ends with a ``session.ended`` event.
+    """
+
+    idle_timeout: float = 1800.0
+    ussd_idle: float = 120.0
+
+
+@attrs.frozen
+class TrailConfig:
+    """
+    The message trail: each event's steps, kept ``keep`` seconds (each step
+    in sqlite, the whole trail after its last step in Redis).
+    """
+
+    enabled: bool = True
+    keep: float = 7 * 24 * 3600.0
+
+    @property
+    def spool_keep(self) -> float | None:
+        """What the spools take as ``trail_keep``: None when disabled."""
+        return self.keep if self.enabled else None
+
+
+@attrs.frozen
 class AdminConfig:
     """The admin HTTP endpoint: /healthz, /readyz, /metrics."""
 
     enabled: bool = True
     address: str = "127.0.0.1"
     port: int = 8790
+    # The bearer token every path but /healthz requires; None: open.
+    token: str | None = attrs.field(default=None, repr=False)
+
+
+# Long enough not to be guessed by trying.
+MIN_ADMIN_TOKEN = 16
+
+
+@attrs.frozen
+class LogConfig:
+    """How the daemon logs: text or JSON lines, the lowest level, where to."""
+
+    format: str = "text"
+    level: str = "info"
+    file: str | None = None
 
 
 @attrs.frozen
@@ -165,7 +252,11 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     shutdown_timeout: float = 10.0
     admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
     limits: LimitsConfig = LimitsConfig()
+    trail: TrailConfig = TrailConfig()
+    conversation: ConversationConfig = ConversationConfig()
+    outbound: OutboundConfig = OutboundConfig()
 
     def webhook(self, name: str) -> WebhookConfig:
         for webhook in self.webhooks:
@@ -256,14 +347,31 @@ class _Section:
             )
         return value
 
-    def secret(self, name: str, file_key: str) -> str:
-        """An inline secret, or the stripped contents of the file named."""
+    def secret(
+        self, name: str, file_key: str, credential_key: str | None = None
+    ) -> str:
+        """
+        An inline secret, or the stripped contents of the file named, or (when
+        ``credential_key`` is given) of the systemd credential named.
+        """
         inline = self.get(name, str, None)
         path = self.get(file_key, str, None)
-        if inline is not None and path is not None:
+        credential = None
+        if credential_key is not None:
+            credential = self.get(credential_key, str, None)
+        values = {name: inline, file_key: path, credential_key: credential}
+        given = [key for key, value in values.items() if value is not None]
+        if len(given) > 1 and credential_key is None:
             raise ConfigError(f"{self.key(name)}: give {name} or {file_key}, not both")
+        if len(given) > 1:
+            raise ConfigError(
+                f"{self.key(name)}: give one of {name}, {file_key} or "
+                f"{credential_key}, not {' and '.join(given)}"
+            )
         if path is not None:
             return _read_secret(self.key(file_key), self.base / path)
+        if credential is not None:
+            return _read_credential(self.key(credential_key), credential, file_key)
         if inline is None:
             raise ConfigError(f"{self.key(name)}: required key is missing")
         return inline
@@ -312,6 +420,29 @@ def _read_secret(key: str, path: Path) -> str:
         raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
 
 
+def _read_credential(key: str, name: str, file_key: str) -> str:
+    """The stripped contents of the systemd credential ``name``."""
+    directory = os.environ.get(CREDENTIALS_VARIABLE)
+    if not directory:
+        raise ConfigError(
+            f"{key}: the credential {name!r} is only available when systemd "
+            f"passes credentials (LoadCredential=), and ${CREDENTIALS_VARIABLE} "
+            f"is not set; use {file_key} otherwise"
+        )
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(
+            f"{key}: {name!r} is not a credential name (the ID of a "
+            "LoadCredential= line, without slashes)"
+        )
+    path = Path(directory) / name
+    if not path.is_file():
+        raise ConfigError(
+            f"{key}: no credential {name!r} in ${CREDENTIALS_VARIABLE} "
+            f"({directory}); add LoadCredential={name}:/path/to/file to the unit"
+        )
+    return _read_secret(key, path)
+
+
 def load(path: str | Path) -> Config:
     """Read and validate a configuration file; raise ConfigError if unusable."""
     path = Path(path)
@@ -334,6 +465,10 @@ def parse(raw: dict, base: Path = Path(".")) -> Config:
     operators = tuple(_operator(s) for s in root.tables("operator"))
     routes = tuple(_route(s) for s in root.tables("route"))
     admin = _admin(root.table("admin"))
+    log = _log(root.table("log"))
+    trail = _trail(root.table("trail"))
+    conversation = _conversation(root.table("conversation"))
+    outbound = _outbound(root.table("outbound"))
     shutdown_timeout = root.positive("shutdown_timeout", float, 10.0)
     root.finish()
 
@@ -369,8 +504,12 @@ def parse(raw: dict, base: Path = Path(".")) -> Config:
         operators=operators,
         routes=routes,
         shutdown_timeout=shutdown_timeout,
+        log=log,
+        trail=trail,
+        conversation=conversation,
         limits=limits,
         admin=admin,
+        outbound=outbound,
     )
 
 
@@ -456,6 +595,37 @@ def _reassembly(s: _Section) -> ReassemblyConfig:
     return config
 
 
+def _conversation(s: _Section) -> ConversationConfig:
+    cd = _defaults(ConversationConfig)
+    config = ConversationConfig(
+        idle_timeout=s.positive("idle_timeout", float, cd["idle_timeout"]),
+        ussd_idle=s.positive("ussd_idle", float, cd["ussd_idle"]),
+    )
+    s.finish()
+    return config
+
+
+def _trail(s: _Section) -> TrailConfig:
+    config = TrailConfig(
+        enabled=s.get("enabled", bool, True),
+        keep=s.positive("keep", float, _defaults(TrailConfig)["keep"]),
+    )
+    s.finish()
+    return config
+
+
+def _outbound(s: _Section) -> OutboundConfig:
+    od = _defaults(OutboundConfig)
+    config = OutboundConfig(**{name: s.positive(name, float, od[name]) for name in od})
+    if config.throttle_max < config.throttle_delay:
+        raise ConfigError(
+            f"{s.key('throttle_max')}: {config.throttle_max:g} is less than "
+            f"throttle_delay ({config.throttle_delay:g}); the pause only grows"
+        )
+    s.finish()
+    return config
+
+
 def _limits(s: _Section) -> LimitsConfig:
     ld = _defaults(LimitsConfig)
     config = LimitsConfig(**{name: s.positive(name, int, ld[name]) for name in ld})
@@ -474,6 +644,11 @@ def _webhook(s: _Section) -> WebhookConfig:
         if not isinstance(path, str):
             raise ConfigError(f"{s.key('secret_files')}[{index}]: expected a string")
         secrets.append(_read_secret(f"{s.key('secret_files')}[{index}]", s.base / path))
+    for index, credential in enumerate(s.get("secret_credentials", list, [])):
+        key = f"{s.key('secret_credentials')}[{index}]"
+        if not isinstance(credential, str):
+            raise ConfigError(f"{key}: expected a string, the name of a credential")
+        secrets.append(_read_credential(key, credential, "secret_files"))
     if not secrets:
         raise ConfigError(f"{s.key('secrets')}: at least one secret is required")
     for index, secret in enumerate(secrets):
@@ -560,7 +735,7 @@ def _bind(s: _Section, operator: str, index: int) -> BindConfig:
     system_id = s.get("system_id", str)
     if len(system_id) > 15:
         raise ConfigError(f"{s.key('system_id')}: longer than SMPP's 15 characters")
-    password = s.secret("password", "password_file")
+    password = s.secret("password", "password_file", "password_credential")
     if len(password) > 8:
         raise ConfigError(f"{s.key('password')}: longer than SMPP's 8 characters")
     d = _defaults(BindConfig)
@@ -608,6 +783,7 @@ def _bind(s: _Section, operator: str, index: int) -> BindConfig:
         gsm7_packed=s.get("gsm7_packed", bool, False),
         data_coding_overrides=_overrides(s),
         decode_fallback=s.get("decode_fallback", bool, True),
+        **_submit_settings(s, d),
     )
     try:
         DecodeOptions(coding_overrides=config.data_coding_overrides)
@@ -617,6 +793,35 @@ def _bind(s: _Section, operator: str, index: int) -> BindConfig:
         raise ConfigError(f"{s.key('max_pdu_size')}: must be at least 65536")
     s.finish()
     return config
+
+
+def _submit_settings(s: _Section, d: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a bind that shape the submit_sm it sends."""
+    rate = s.get("submit_rate", float, d["submit_rate"])
+    if rate < 0:
+        raise ConfigError(
+            f"{s.key('submit_rate')}: must be 0 (unlimited) or more, got {rate:g}"
+        )
+    registered_delivery = s.get("registered_delivery", int, d["registered_delivery"])
+    if registered_delivery not in (0, 1, 2):
+        raise ConfigError(
+            f"{s.key('registered_delivery')}: {registered_delivery} is not 0 (no "
+            "receipt), 1 (a receipt always) or 2 (a receipt on failure)"
+        )
+    max_parts = s.positive("max_reply_parts", int, d["max_reply_parts"])
+    if max_parts > 255:
+        raise ConfigError(
+            f"{s.key('max_reply_parts')}: {max_parts} is more than the 255 parts "
+            "a concatenated message can have"
+        )
+    return {
+        "submit_rate": rate,
+        "submit_window": s.positive("submit_window", int, d["submit_window"]),
+        "submit_timeout": s.positive("submit_timeout", float, d["submit_timeout"]),
+        "registered_delivery": registered_delivery,
+        "long_messages": s.choice("long_messages", LONG_MESSAGES, d["long_messages"]),
+        "max_reply_parts": max_parts,
+    }
 
 
 def _overrides(s: _Section) -> tuple[tuple[int, str], ...]:
@@ -650,7 +855,44 @@ def _admin(s: _Section) -> AdminConfig:
             f"{s.key('address')}: {address!r} is not an IP address"
         ) from None
     config = AdminConfig(
-        enabled=s.get("enabled", bool, True), address=address, port=port
+        enabled=s.get("enabled", bool, True),
+        address=address,
+        port=port,
+        token=_admin_token(s),
+    )
+    s.finish()
+    return config
+
+
+def _admin_token(s: _Section) -> str | None:
+    if "token" not in s.data and "token_file" not in s.data:
+        return None
+    token = s.secret("token", "token_file")
+    key = s.key("token_file" if "token_file" in s.data else "token")
+    if len(token) < MIN_ADMIN_TOKEN:
+        raise ConfigError(
+            f"{key}: the token has {len(token)} characters, fewer than "
+            f"{MIN_ADMIN_TOKEN}; use a random one, such as the output of "
+            "`openssl rand -hex 32`"
+        )
+    if not all("!" <= char <= "~" for char in token):
+        raise ConfigError(
+            f"{key}: the token must be printable ASCII without spaces, as it "
+            "is sent in an Authorization header"
+        )
+    return token
+
+
+def _log(s: _Section) -> LogConfig:
+    file = s.get("file", str, None)
+    if file is not None and not file.strip():
+        raise ConfigError(
+            f"{s.key('file')}: empty; remove the key to log to standard output"
+        )
+    config = LogConfig(
+        format=s.choice("format", LOG_FORMATS, "text"),
+        level=s.choice("level", LOG_LEVELS, "info"),
+        file=file,
     )
     s.finish()
     return config

@@ -199,6 +199,7 @@ def segment_record(
         "concat": concat.to_json() if concat is not None else None,
         "operator": operator,
         "bind": bind,
+        "sequence_number": mo.sequence_number,
         "received_at": received_at,
     }
 
@@ -245,6 +246,9 @@ def build_event(
         data = _message_data(parts, event_id, options, complete)
         data["received_at"] = received_at
         data["completed_at"] = iso_time(completed_at)
+        # The spool puts the conversation here as it stores the event
+        # (p2a_connector.conversation.PLACEHOLDER).
+        data["conversation"] = None
 
     envelope = {"type": event_type, "timestamp": iso_time(completed_at), "data": data}
     return event_type, envelope

@@ -1,6 +1,7 @@
 """
 The dispatcher: posts each pending event to its webhook, signed, and records
-the outcome in the spool — delivered, retry later, or dead letter.
+the outcome in the spool — delivered (with any replies the answer asks
+for), retry later, or dead letter.
 
 Each webhook has its own lane with its own concurrency limit, so a slow or
 failing receiver never delays another one.  A lane asks the spool for due
@@ -48,12 +49,16 @@ from twisted.web.client import (
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from p2a_connector import signing
+from p2a_connector import replies, signing
 from p2a_connector.config import WebhookConfig
+from p2a_connector.metrics import Metrics
 from p2a_connector.spool import PendingEvent, Spool, SpoolError
 
 # Seconds to wait before attempts 1 to 10: the Standard Webhooks schedule.
 SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+
+# The most of a 2xx answer read for replies: ten long texts and their JSON.
+MAX_ANSWER = 256 * 1024
 
 # A receiver's Retry-After may lengthen a wait up to this, never beyond.
 MAX_RETRY_AFTER = 86400.0
@@ -108,6 +113,15 @@ def parse_retry_after(value: bytes | None, now: float) -> float | None:
     return max(when.timestamp() - now, 0.0)
 
 
+def _note(attempt: int, answer: int | str, elapsed: float) -> dict:
+    """What an attempt's step in the trail says: the answer and how long it took."""
+    return {
+        "attempt": attempt,
+        "status": answer,
+        "duration_ms": round(elapsed * 1000, 1),
+    }
+
+
 def _retried(status: int) -> bool:
     return status in _RETRIED_STATUSES or 500 <= status <= 599
 
@@ -127,18 +141,27 @@ def _describe(failure: Failure, timeout: float) -> str:
     return f"{failure.type.__name__}: {failure.getErrorMessage()}"
 
 
-class _Discard(Protocol):
-    """Reads a response body to its end and throws it away."""
+class _Collect(Protocol):
+    """
+    Reads a response body to its end, keeping at most ``keep`` bytes of it:
+    a bigger body is read and thrown away, and comes out as None.
+    """
 
-    def __init__(self, done: Deferred[None]):
+    def __init__(self, done: Deferred[bytes | None], keep: int):
         self.done = done
+        self._keep = keep
+        self._chunks: list[bytes] = []
+        self._size = 0
 
     def dataReceived(self, data: bytes) -> None:
-        pass
+        self._size += len(data)
+        if self._size <= self._keep:
+            self._chunks.append(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.done.called:
-            self.done.callback(None)
+            kept = self._size <= self._keep
+            self.done.callback(b"".join(self._chunks) if kept else None)
 
 
 @implementer(IBodyProducer)
@@ -210,18 +233,21 @@ class _Endpoints:
         return endpoint
 
 
-def _drain(response: IResponse, timeout: float, reactor: IReactorTime) -> Deferred:
+def _drain(
+    response: IResponse, timeout: float, reactor: IReactorTime, keep: int = 0
+) -> Deferred[bytes | None]:
     """
-    Consume the body so the connection can carry the next request; a body
-    that does not end within ``timeout`` has its connection closed.
+    Consume the body so the connection can carry the next request, and fire
+    with it when it is at most ``keep`` bytes (else None); a body that does
+    not end within ``timeout`` has its connection closed, and is None too.
     """
 
     def abort(_: Deferred) -> None:
         if protocol.transport is not None:
             protocol.transport.stopProducing()
 
-    done: Deferred[None] = Deferred(abort)
-    protocol = _Discard(done)
+    done: Deferred[bytes | None] = Deferred(abort)
+    protocol = _Collect(done, keep)
     response.deliverBody(protocol)
     done.addTimeout(max(timeout, 0.0), reactor)
     done.addErrback(lambda _: None)
@@ -241,6 +267,11 @@ class Dispatcher(Service):
         keeps up to ``concurrency`` idle connections per webhook host.
     :param batch: the most events a lane fetches at once.
     :param idle_check: the longest a lane goes without looking at the spool.
+    :param metrics: where attempts, responses, latency, dead letters and
+        spool errors are counted; by default a registry of its own.
+    :param on_replies: called when a webhook's 2xx answer to a
+        ``message.received`` queued replies (`p2a_connector.replies`), which
+        the spool keeps in the same write that records the delivery.
 
     Limitation: events for a webhook that is no longer configured stay
     pending (and count towards ``max_pending``) until it is configured again.
@@ -260,6 +291,8 @@ class Dispatcher(Service):
         pool: HTTPConnectionPool | None = None,
         batch: int = 100,
         idle_check: float = IDLE_CHECK,
+        metrics: Metrics | None = None,
+        on_replies: Callable[[], None] = lambda: None,
     ):
         if not schedule:
             raise ValueError("the retry schedule needs at least one attempt")
@@ -267,6 +300,7 @@ class Dispatcher(Service):
             signing.check_extra_headers(webhook.headers)
 
         self.spool = spool
+        self.metrics = metrics or Metrics()
         self.shutdown_timeout = shutdown_timeout
         self._reactor = reactor
         if pool is None:
@@ -276,25 +310,71 @@ class Dispatcher(Service):
             )
         self._pool = pool
         agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)
-        client = HTTPClient(agent, cookiejar=_NoCookies())
-        self._lanes = {
-            w.name: _Lane(
-                w,
-                spool,
-                client,
-                reactor,
-                schedule=tuple(schedule),
-                random=random,
-                batch=batch,
-                idle_check=idle_check,
-            )
-            for w in webhooks
+        self._client = HTTPClient(agent, cookiejar=_NoCookies())
+        self._lane_options = {
+            "schedule": tuple(schedule),
+            "random": random,
+            "batch": batch,
+            "idle_check": idle_check,
+            "on_replies": on_replies,
         }
+        self._lanes = {w.name: self._lane(w) for w in webhooks}
+        # Lanes of webhooks a reload removed: stopped, kept while their posts
+        # finish, so that stopping still waits for them.
+        self._removed: set[str] = set()
+
+    def _lane(self, webhook: WebhookConfig) -> _Lane:
+        return _Lane(
+            webhook,
+            self.spool,
+            self._client,
+            self._reactor,
+            metrics=self.metrics,
+            **self._lane_options,
+        )
 
     def startService(self) -> None:
         super().startService()
-        for lane in self._lanes.values():
-            lane.start()
+        for name, lane in self._lanes.items():
+            if name not in self._removed:
+                lane.start()
+
+    def reconfigure(self, webhooks: Sequence[WebhookConfig]) -> None:
+        """
+        Deliver to these webhooks from now on.  A changed webhook's next
+        attempt uses its new settings; a new one gets a lane; a removed one
+        takes no more events (its posts under way finish) and its pending
+        events stay in the spool until it is configured again.
+        """
+        for webhook in webhooks:
+            signing.check_extra_headers(webhook.headers)
+        wanted = {webhook.name: webhook for webhook in webhooks}
+
+        for name, lane in list(self._lanes.items()):
+            if name not in wanted and name not in self._removed:
+                lane.stop()
+                self._removed.add(name)
+            elif name in self._removed and name not in wanted and not lane.posts:
+                del self._lanes[name]
+                self._removed.discard(name)
+
+        for name, webhook in wanted.items():
+            lane = self._lanes.get(name)
+            if lane is None:
+                lane = self._lanes[name] = self._lane(webhook)
+            else:
+                lane.reconfigure(webhook)
+            # A lane removed earlier comes back as it was, so that none of
+            # its posts still under way is taken up a second time.
+            revived = name in self._removed
+            self._removed.discard(name)
+            if self.running and (revived or not lane.running):
+                lane.start()
+
+        # Grown, never shrunk: idle connections beyond the need just expire.
+        self._pool.maxPersistentPerHost = max(
+            [self._pool.maxPersistentPerHost, *(w.concurrency for w in webhooks)]
+        )
 
     def wake(self, webhook: str | None = None) -> None:
         """New events were stored (for ``webhook``, or any): look now."""
@@ -364,9 +444,14 @@ class _Lane:
         random: Callable[[], float],
         batch: int,
         idle_check: float,
+        metrics: Metrics,
+        on_replies: Callable[[], None],
     ):
         self.webhook = webhook
+        self._on_replies = on_replies
         self._url = EncodedURL.from_text(webhook.url)
+        self._metrics = metrics.webhook(webhook.name)
+        self._spool_errors = metrics.spool_errors
         # Every delivery under way, from its POST to its recorded outcome;
         # `_posting` is the part of them with a request still open, which is
         # what ``concurrency`` bounds: waiting for the spool to commit an
@@ -403,6 +488,17 @@ class _Lane:
         self._running = False
         self._ready.clear()
         self._cancel_timer()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def reconfigure(self, webhook: WebhookConfig) -> None:
+        """New settings for the next attempt; posts under way keep theirs."""
+        self.webhook = webhook
+        self._url = EncodedURL.from_text(webhook.url)
+        # A higher concurrency has free slots to fill now.
+        self.look()
 
     def cancel(self) -> None:
         """Abandon the posts under way; their events stay pending."""
@@ -450,6 +546,7 @@ class _Lane:
 
     def _look_failed(self, failure: Failure) -> None:
         if failure.check(SpoolError):
+            self._spool_errors["due"].inc()
             self.log.error(
                 "cannot read the spool for {webhook}: {error}; "
                 "trying again in {pause}s",
@@ -543,18 +640,44 @@ class _Lane:
                     attempt=attempt,
                 )
                 return
+            answer = "timeout" if failure.check(TimeoutError) else "error"
+            elapsed = self._reactor.seconds() - started
+            self._metrics.answered(answer, elapsed)
             await self._retry(
-                event, attempt, _describe(failure, self.webhook.timeout), None
+                event,
+                attempt,
+                _describe(failure, self.webhook.timeout),
+                None,
+                _note(attempt, answer, elapsed),
             )
             return
 
-        remaining = self.webhook.timeout - (self._reactor.seconds() - started)
-        await _drain(response, remaining, self._reactor)
+        elapsed = self._reactor.seconds() - started
+        self._metrics.answered(response.code, elapsed)
+        status = response.code
+        answerable = 200 <= status <= 299 and event.type == "message.received"
+        body = await _drain(
+            response,
+            self.webhook.timeout - elapsed,
+            self._reactor,
+            keep=MAX_ANSWER if answerable else 0,
+        )
         self._answered(event)
 
-        status = response.code
+        note = _note(attempt, status, elapsed)
         if 200 <= status <= 299:
-            await self._spool.delivered(event.id)
+            answer = self._answer(event, response, body) if answerable else None
+            queued = answer.replies if answer is not None else ()
+            await self._recorded(
+                "delivered",
+                self._spool.delivered,
+                event.id,
+                note,
+                *((queued,) if queued else ()),
+            )
+            if queued:
+                self._on_replies()
+            self._metrics.attempts["delivered"].inc()
             self.log.info(
                 "delivered {id} to {webhook} status {status} attempt {attempt}",
                 id=event.id,
@@ -567,9 +690,48 @@ class _Lane:
                 response.headers.getRawHeaders(b"retry-after", [None])[-1],
                 self._reactor.seconds(),
             )
-            await self._retry(event, attempt, f"HTTP {status}", retry_after)
+            await self._retry(event, attempt, f"HTTP {status}", retry_after, note)
         else:
-            await self._dead(event, attempt, f"HTTP {status}")
+            await self._dead(event, attempt, f"HTTP {status}", note)
+
+    def _answer(
+        self, event: PendingEvent, response: IResponse, body: bytes | None
+    ) -> replies.Answer:
+        """The replies in a webhook's 2xx answer; what is wrong is logged."""
+        if body is None:
+            self.log.warn(
+                "the answer of {webhook} to {id} is over {size} bytes or did not "
+                "end in time; any reply in it is not sent",
+                webhook=self.webhook.name,
+                id=event.id,
+                size=MAX_ANSWER,
+            )
+            return replies.Answer()
+        content_type = response.headers.getRawHeaders(b"content-type", [None])[-1]
+        answer = replies.read(
+            body,
+            content_type.decode("latin-1") if content_type else None,
+            event_id=event.id,
+            event_body=event.body,
+            webhook=self.webhook.name,
+            now=self._reactor.seconds(),
+        )
+        for problem in answer.problems:
+            self.log.warn(
+                "the answer of {webhook} to {id}: {problem}",
+                webhook=self.webhook.name,
+                id=event.id,
+                problem=problem,
+            )
+        for reply in answer.replies:
+            self.log.info(
+                "reply {reply} to {id} queued for {to} via {operator}",
+                reply=reply.id,
+                id=event.id,
+                to=reply.destination.get("address"),
+                operator=reply.operator,
+            )
+        return answer
 
     def _post(self, event: PendingEvent) -> Deferred[IResponse]:
         webhook = self.webhook
@@ -603,16 +765,20 @@ class _Lane:
         attempt: int,
         error: str,
         retry_after: float | None,
+        note: dict | None = None,
     ) -> None:
         delay = retry_delay(self._schedule, attempt, self._random, retry_after)
         if delay is None:
             attempts = "1 attempt" if attempt == 1 else f"{attempt} attempts"
             reason = f"{error}; gave up after {attempts}"
-            await self._dead(event, attempt, reason)
+            await self._dead(event, attempt, reason, note)
             return
 
         next_at = self._reactor.seconds() + delay
-        await self._spool.retry(event.id, attempt, next_at, error)
+        await self._recorded(
+            "retry", self._spool.retry, event.id, attempt, next_at, error, note
+        )
+        self._metrics.attempts["retry"].inc()
         self.log.info(
             "retry {id} to {webhook}: attempt {attempt} failed ({error}); "
             "next in {delay:.1f}s",
@@ -623,8 +789,16 @@ class _Lane:
             delay=delay,
         )
 
-    async def _dead(self, event: PendingEvent, attempt: int, reason: str) -> None:
-        await self._spool.dead(event.id, attempt, reason)
+    async def _dead(
+        self,
+        event: PendingEvent,
+        attempt: int,
+        reason: str,
+        note: dict | None = None,
+    ) -> None:
+        await self._recorded("dead", self._spool.dead, event.id, attempt, reason, note)
+        self._metrics.attempts["dead"].inc()
+        self._metrics.dead_letters.inc()
         self.log.warn(
             "dead-lettered {id} for {webhook} after attempt {attempt}: {reason}",
             id=event.id,
@@ -632,3 +806,13 @@ class _Lane:
             attempt=attempt,
             reason=reason,
         )
+
+    async def _recorded(self, operation: str, record: Callable, *args: Any) -> None:
+        """Record an outcome in the spool, counting the spool's failures."""
+        # An outcome the spool could not record is not counted as an attempt:
+        # the event stays pending and is posted again.
+        try:
+            await record(*args)
+        except SpoolError:
+            self._spool_errors[operation].inc()
+            raise

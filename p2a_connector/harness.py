@@ -27,14 +27,18 @@ def config_text(
     spool_extra: str = "",
     reassembly_extra: str = "",
     bind_extra: str = "",
+    admin_extra: str = "",
+    webhook_extra: str = "",
     secret: str = TEST_SECRET,
     redis_url: str | None = None,
     bind_name: str = "op1-a",
+    extra: str = "",
 ) -> str:
     """
     A complete configuration for one operator with one bind; the ``*_extra``
-    strings are added, as TOML lines, to the section they name.  The spool is
-    the sqlite file ``spool``, or the Redis at ``redis_url``.
+    strings are added, as TOML lines, to the section they name, and ``extra``
+    (more ``[[webhook]]`` or ``[[route]]`` tables, say) at the end.  The
+    spool is the sqlite file ``spool``, or the Redis at ``redis_url``.
     """
     if redis_url is not None:
         spool_lines = f'backend = "redis"\nurl = "{redis_url}"'
@@ -54,12 +58,13 @@ check_interval = 0.2
 
 [admin]
 port = 0
+{admin_extra}
 
 [[webhook]]
 name = "app"
 url = "{webhook_url}"
 secrets = ["{secret}"]
-timeout = 5
+{webhook_extra or "timeout = 5"}
 
 [[operator]]
 name = "op1"
@@ -75,6 +80,7 @@ mode = "transceiver"
 reconnect_initial = 0.1
 reconnect_max = 0.5
 {bind_extra}
+{extra}
 """
 
 
@@ -97,11 +103,20 @@ class _Output(protocol.ProcessProtocol):
 class Daemon:
     """One twistd process running p2a-connector with a given configuration."""
 
-    def __init__(self, reactor, config: Path, log: Path, args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        reactor,
+        config: Path,
+        log: Path,
+        args: tuple[str, ...] = (),
+        twistd_args: tuple[str, ...] = (),
+    ):
+        # args follow the plugin's name (its options), twistd_args precede it.
         self.reactor = reactor
         self.config = config
         self.log = log
         self.args = args
+        self.twistd_args = twistd_args
         self.process = None
         self.output: _Output | None = None
 
@@ -116,6 +131,7 @@ class Daemon:
                 twistd,
                 "--nodaemon",
                 "--pidfile=",
+                *self.twistd_args,
                 "p2a-connector",
                 "--config",
                 str(self.config),

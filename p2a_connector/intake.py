@@ -16,13 +16,15 @@ import os
 import time
 from collections.abc import Callable
 
+import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from p2a_connector import decode
+from p2a_connector import conversation, decode, trail
 from p2a_connector.alphabets import DecodeOptions
 from p2a_connector.config import BindConfig, Config
+from p2a_connector.metrics import Metrics
 from p2a_connector.models import MOPdu
 from p2a_connector.smpp_status import ESME_ROK, status_name
 from p2a_connector.spool import Event, Segment, SpoolError, SpoolLimit
@@ -62,16 +64,32 @@ class Intake:
         spool,
         clock: IReactorTime,
         on_event: Callable[[Event], None] = lambda event: None,
+        metrics: Metrics | None = None,
     ):
         self.config = config
         self.spool = spool
         self.clock = clock
         self.on_event = on_event
+        self.metrics = metrics or Metrics()
         self._options = {
             bind.name: config.decode_options(bind.name)
             for operator in config.operators
             for bind in operator.binds
         }
+
+    def reconfigure(self, config: Config) -> None:
+        """Routes, limits and decode options of ``config`` from the next PDU."""
+        # A removed bind's segments may still be waiting for their siblings:
+        # they keep the options they arrived with.
+        self._options = {
+            **self._options,
+            **{
+                bind.name: config.decode_options(bind.name)
+                for operator in config.operators
+                for bind in operator.binds
+            },
+        }
+        self.config = config
 
     def assemble(self, records: list[dict], complete: bool) -> tuple[str, str, bytes]:
         """The spool's assembler: the segments of one message into one event."""
@@ -107,6 +125,20 @@ class Intake:
                 status=status_name(bind.busy_status),
                 **fields,
             )
+            self.metrics.spool_refused(bind.operator, "max_pending")
+            return bind.busy_status
+
+        if not any(op.name == bind.operator for op in self.config.operators):
+            # A reload removed the operator while this bind was unbinding:
+            # there is no route for it, and the SMSC may offer it elsewhere.
+            self.log.warn(
+                "operator {operator} is no longer configured: answering {status} "
+                "to {command} seq {sequence_number} on {bind}",
+                operator=bind.operator,
+                status=status_name(bind.busy_status),
+                command=mo.command,
+                **fields,
+            )
             return bind.busy_status
 
         try:
@@ -123,6 +155,8 @@ class Intake:
             return e.status
 
         try:
+            if isinstance(item, Event) and item.type == "receipt.received":
+                item = yield self._linked(item)
             completed = yield self.spool.store(item)
         except SpoolLimit as e:
             self.log.warn(
@@ -136,6 +170,7 @@ class Intake:
                 status=status_name(bind.busy_status),
                 **fields,
             )
+            self.metrics.spool_refused(e.operator, e.limit)
             return bind.busy_status
         except SpoolError as e:
             self.log.error(
@@ -144,6 +179,7 @@ class Intake:
                 error=str(e),
                 **fields,
             )
+            self.metrics.spool_errors["store"].inc()
             return bind.busy_status
         except Exception:  # noqa: BLE001 - answered, and logged with its traceback
             # A fault of ours while assembling: the SMSC keeps the segment and
@@ -193,6 +229,22 @@ class Intake:
             self.on_event(event)
         return ESME_ROK
 
+    @inlineCallbacks
+    def _linked(self, event: Event):
+        """
+        A receipt with ``data.reply_id`` when it reports on a reply (or an
+        outbound API message) this connector sent; else as it was.
+        """
+        envelope = json.loads(event.body)
+        message_id = envelope["data"]["receipt"].get("message_id")
+        if not message_id:
+            return event
+        outbound_id = yield self.spool.reply_for(message_id)
+        if outbound_id is None:
+            return event
+        envelope["data"]["reply_id"] = outbound_id
+        return attrs.evolve(event, body=encode_body(envelope))
+
     def _item(self, bind: BindConfig, mo: MOPdu) -> Event | Segment:
         now = self.clock.seconds()
         inspected = decode.inspect(mo)
@@ -235,12 +287,16 @@ class Intake:
             complete=concat is None,
             completed_at=now,
         )
+        conversation_key, ussd = conversation.keys(event_type, envelope["data"])
         return Event(
             id=event_id,
             type=event_type,
             webhook=webhook,
             body=encode_body(envelope),
             created_at=now,
+            trail=(trail.received(record),),
+            conversation=conversation_key,
+            ussd=ussd,
         )
 
     def _decode_options(self, bind_name: str) -> DecodeOptions:

@@ -1,19 +1,113 @@
 """
-Log observers for twistd's ``--logger`` option.
+Log observers: the one the ``[log]`` section describes, and twistd's
+``--logger`` option.
 
-``twistd -n --logger p2a_connector.logs.json_stdout p2a-connector ...``
-writes one JSON object per line to standard output, for journald or a log
-shipper; every field an event was logged with (``id``, ``bind``,
-``sequence_number``, ``webhook``...) is a key of that object.
+twistd asks the application for an ``ILogObserver`` component before it
+begins logging (``twisted.application.app.AppLogger.start``); the daemon's
+service gives it the observer ``configured`` makes, so the format, the
+level and the file of ``[log]`` take effect without command-line options.
+An explicit ``twistd --logger ...`` comes first, as twistd decides.
+
+A JSON line is one object: ``time`` (ISO 8601, UTC), ``level``,
+``namespace``, ``text`` (the formatted message) and every field the event
+was logged with (``id``, ``event_id``, ``bind``, ``sequence_number``,
+``webhook``...) as a key of its own; ``traceback`` when it carried a
+failure.  ``twistd -n --logger p2a_connector.logs.json_stdout p2a-connector
+...`` writes the same lines to standard output whatever ``[log]`` says.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from datetime import UTC, datetime
+from typing import IO, Any
 
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    textFileLogObserver,
+)
+
+from p2a_connector.config import LogConfig
+
+LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+}
+# Keys every JSON line has; a field logged under one of these names is kept
+# as "field_<name>" rather than lost.
+OWN_KEYS = frozenset({"time", "level", "namespace", "text", "traceback"})
+# Keys of old twisted.python.log events that repeat what the line says.
+_LEGACY_KEYS = frozenset({"message", "time", "system", "isError", "format", "why"})
+
+
+def configured(log: LogConfig) -> ILogObserver:
+    """
+    The observer ``[log]`` asks for: text or JSON, to ``log.file`` (appended
+    to, so ``logrotate``'s ``copytruncate`` works) or standard output,
+    passing events at ``log.level`` and above.  Opening the file may raise
+    OSError, which the caller turns into an error saying what to do.
+    """
+    if log.file is None:
+        out = sys.stdout
+    else:
+        # Open for as long as the process logs, so no context manager.
+        out = open(log.file, "a", encoding="utf-8")  # noqa: SIM115
+    if log.format == "json":
+        observer = json_observer(out)
+    else:
+        observer = textFileLogObserver(out)
+    return FilteringLogObserver(
+        observer, [LogLevelFilterPredicate(defaultLogLevel=LEVELS[log.level])]
+    )
+
+
+def json_observer(out: IO[Any]) -> ILogObserver:
+    """One JSON object per line on ``out``."""
+    return FileLogObserver(out, json_line)
 
 
 def json_stdout() -> ILogObserver:
-    """One JSON object per line on standard output."""
-    return jsonFileLogObserver(sys.stdout, recordSeparator="")
+    """One JSON object per line on standard output, for ``--logger``."""
+    return json_observer(sys.stdout)
+
+
+def json_line(event: dict[str, Any]) -> str:
+    """An event as one line of compact JSON, ending in a newline."""
+    level = event.get("log_level")
+    line: dict[str, Any] = {
+        "time": _iso_time(event.get("log_time")),
+        "level": level.name if level is not None else None,
+        "namespace": event.get("log_namespace"),
+        "text": formatEvent(event),
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        line["traceback"] = failure.getTraceback()
+
+    legacy = event.get("log_namespace") == "log_legacy"
+    for key, value in event.items():
+        if key.startswith("log_") or (legacy and key in _LEGACY_KEYS):
+            continue
+        line[f"field_{key}" if key in OWN_KEYS else key] = value
+
+    try:
+        return json.dumps(line, default=repr, ensure_ascii=False) + "\n"
+    except ValueError:
+        # A field that refers to itself: the line still says what happened.
+        own = {key: line[key] for key in OWN_KEYS if key in line}
+        return json.dumps(dict(own, fields_unserializable=True), default=repr) + "\n"
+
+
+def _iso_time(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -34,6 +34,7 @@ BIND_TRANSMITTER = _ids["bind_transmitter"]
 BIND_TRANSCEIVER = _ids["bind_transceiver"]
 UNBIND = _ids["unbind"]
 DELIVER_SM = _ids["deliver_sm"]
+SUBMIT_SM = _ids["submit_sm"]
 DATA_SM = _ids["data_sm"]
 ENQUIRE_LINK = _ids["enquire_link"]
 ALERT_NOTIFICATION = _ids["alert_notification"]
@@ -191,7 +192,8 @@ def _truncated(name: str) -> PDUError:
 
 def parse_mo(command_id: int, sequence_number: int, body: bytes) -> MOPdu:
     """
-    Parse the body of a deliver_sm or a data_sm.
+    Parse the body of a deliver_sm or a data_sm (or of a submit_sm, which
+    has the deliver_sm layout: the simulator reads ours with it).
 
     Every integer field is taken as is, whatever its value; every TLV is
     kept.  Raises PDUError with the status to answer when the body is
@@ -200,6 +202,8 @@ def parse_mo(command_id: int, sequence_number: int, body: bytes) -> MOPdu:
     reader = _Reader(body)
     if command_id == DELIVER_SM:
         return _deliver_sm(reader, sequence_number)
+    if command_id == SUBMIT_SM:
+        return attrs.evolve(_deliver_sm(reader, sequence_number), command="submit_sm")
     if command_id == DATA_SM:
         return _data_sm(reader, sequence_number)
     raise PDUError(
@@ -292,8 +296,28 @@ def _encode_tlvs(tlvs: Iterable[TLVLike]) -> bytes:
     return bytes(out)
 
 
-def encode_deliver_sm(
-    sequence_number: int,
+def encode_deliver_sm(sequence_number: int, **fields) -> bytes:
+    """
+    A whole deliver_sm PDU with exactly these field values (see `sm_body`).
+
+    Built by hand rather than by the codec so that any value an SMSC may
+    send (unknown data_coding, vendor TLVs, USSD TLVs) can be produced.
+    """
+    return frame(DELIVER_SM, 0, sequence_number, sm_body(**fields))
+
+
+def encode_submit_sm(sequence_number: int, **fields) -> bytes:
+    """
+    A whole submit_sm PDU (see `sm_body`), for replies.
+
+    Built by hand like deliver_sm, which has the same layout: the codec
+    refuses the USSD TLVs (ussd_service_op, its_session_info) a USSD reply
+    needs.
+    """
+    return frame(SUBMIT_SM, 0, sequence_number, sm_body(**fields))
+
+
+def sm_body(
     *,
     service_type: str = "",
     source: Address = NO_ADDRESS,
@@ -311,13 +335,11 @@ def encode_deliver_sm(
     tlvs: Iterable[TLVLike] = (),
 ) -> bytes:
     """
-    A whole deliver_sm PDU with exactly these field values.
+    The body of a deliver_sm or submit_sm with exactly these field values.
 
-    Built by hand rather than by the codec so that any value an SMSC may
-    send (unknown data_coding, vendor TLVs, USSD TLVs) can be produced.
     Nothing is validated beyond what the wire format itself needs.
     """
-    body = b"".join(
+    return b"".join(
         [
             _c_octet_string(service_type),
             bytes([source.ton, source.npi]),
@@ -333,7 +355,6 @@ def encode_deliver_sm(
             _encode_tlvs(tlvs),
         ]
     )
-    return frame(DELIVER_SM, 0, sequence_number, body)
 
 
 def encode_data_sm(
@@ -456,6 +477,17 @@ def encode_deliver_sm_resp(sequence_number: int, status: int) -> bytes:
 def encode_data_sm_resp(sequence_number: int, status: int) -> bytes:
     """A data_sm_resp with an empty message_id."""
     return _encode(DATA_SM | RESPONSE_BIT, status, sequence_number, message_id=None)
+
+
+def encode_submit_sm_resp(sequence_number: int, status: int, message_id: str) -> bytes:
+    """A submit_sm_resp; SMPP 3.4 leaves out its body when the status is an error."""
+    body = b"" if status != 0 else _c_octet_string(message_id)
+    return frame(SUBMIT_SM | RESPONSE_BIT, status, sequence_number, body)
+
+
+def message_id_of(body: bytes) -> str:
+    """The message_id of a submit_sm_resp body; empty when there is none."""
+    return body.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
 def encode_mo_resp(command_id: int, sequence_number: int, status: int) -> bytes:

@@ -38,11 +38,82 @@ local function ensure_group(stream, group)
   end
 end
 
-local function store_event(prefix, group, id, etype, webhook, body, created, now)
+-- Appends steps (JSON, one per line) to an event's trail and keeps it for
+-- keep ms from now; keep 0: no trail.
+local function note(prefix, id, steps, keep)
+  if tonumber(keep) <= 0 or steps == '' then return end
+  local trail = prefix .. 'trail:' .. id
+  for line in string.gmatch(steps, '[^\\n]+') do
+    redis.call('RPUSH', trail, line)
+  end
+  redis.call('PEXPIRE', trail, keep)
+end
+
+-- The conversation and USSD session of a message being stored, from seven
+-- ARGV starting at first: conversation key ('' for none), a fresh
+-- conversation id, its started_at as ISO text, conversation_idle in s,
+-- USSD session key ('' for none), the session's info JSON, '1' if the
+-- message ended the session.
+local function context(first)
+  return {conversation = ARGV[first], fresh = ARGV[first + 1],
+    fresh_iso = ARGV[first + 2], idle = ARGV[first + 3],
+    ussd = ARGV[first + 4], info = ARGV[first + 5], ended = ARGV[first + 6]}
+end
+
+-- Continues or starts the conversation; replies its JSON object.
+local function converse(prefix, ctx, created)
+  local key = prefix .. 'cnv:' .. ctx.conversation
+  local kept = redis.call('HMGET', key, 'id', 'turn', 'started_at', 'started_iso',
+    'last_at')
+  local id, turn, started, iso, last = ctx.fresh, 1, created, ctx.fresh_iso, created
+  if kept[1] and tonumber(created) - tonumber(kept[5]) <= tonumber(ctx.idle) then
+    id, turn, started, iso = kept[1], tonumber(kept[2]) + 1, kept[3], kept[4]
+    if tonumber(created) < tonumber(kept[5]) then last = kept[5] end
+  end
+  redis.call('HSET', key, 'id', id, 'turn', turn, 'started_at', started,
+    'started_iso', iso, 'last_at', last)
+  -- Past the idle time it cannot continue; a minute more for clock skew.
+  redis.call('PEXPIRE', key, math.floor(tonumber(ctx.idle) * 1000) + 60000)
+  return '{"id":"' .. id .. '","turn":' .. string.format('%d', turn) ..
+    ',"started_at":"' .. iso .. '"}'
+end
+
+local function fill(body, conversation)
+  local first, last = string.find(body, '"conversation":null', 1, true)
+  if not first then return body end
+  return string.sub(body, 1, first - 1) .. '"conversation":' .. conversation ..
+    string.sub(body, last + 1)
+end
+
+local function touch_session(prefix, ctx, webhook, id, created)
+  local key = prefix .. 'ussd:' .. ctx.ussd
+  if ctx.ended == '1' then
+    redis.call('DEL', key)
+    redis.call('ZREM', prefix .. 'ussd', ctx.ussd)
+    return
+  end
+  redis.call('HSET', key, 'webhook', webhook, 'info', ctx.info,
+    'last_message_id', id, 'last_at', created)
+  redis.call('ZADD', prefix .. 'ussd', created, ctx.ussd)
+end
+
+-- Replies 1 and the conversation JSON ('' for none) if the event was new,
+-- 0 if it was kept already.
+local function store_event(prefix, group, id, etype, webhook, body, created, now,
+    steps, keep, ctx)
   local ev = prefix .. 'ev:' .. id
   if redis.call('EXISTS', ev) == 1 then
-    return 0
+    return 0, ''
   end
+  local conversation = ''
+  if ctx and ctx.conversation ~= '' then
+    conversation = converse(prefix, ctx, created)
+    body = fill(body, conversation)
+  end
+  if ctx and ctx.ussd ~= '' then
+    touch_session(prefix, ctx, webhook, id, created)
+  end
+  note(prefix, id, steps, keep)
   local stream = prefix .. 'events:' .. webhook
   ensure_group(stream, group)
   local entry = redis.call('XADD', stream, '*', 'id', id)
@@ -51,14 +122,16 @@ local function store_event(prefix, group, id, etype, webhook, body, created, now
     'next_at', now, 'entry', entry)
   redis.call('SADD', prefix .. 'webhooks', webhook)
   redis.call('INCR', prefix .. 'pending')
-  return 1
+  return 1, conversation
 end
 
 -- The counts travel as one JSON string: the client parses a nested reply
--- element by element in Python, one JSON string at C speed.
+-- element by element in Python, one JSON string at C speed.  Last comes the
+-- number of queued outbound messages.
 local function counted(prefix, status, extra)
   return {status, cjson.encode(redis.call('HGETALL', prefix .. 'counts')),
-    redis.call('GET', prefix .. 'pending') or '0', extra or {}}
+    redis.call('GET', prefix .. 'pending') or '0', extra or {},
+    redis.call('GET', prefix .. 'outbound') or '0'}
 end
 
 local function forget_entry(prefix, group, ev)
@@ -143,7 +216,8 @@ return counted(prefix, 'held')
 
 # KEYS: segments hash, completed marker.
 # ARGV: prefix, group, token, completed_ttl in ms (0: no marker), mode
-#       (complete or expire), id, type, webhook, body, created_at, now.
+#       (complete or expire), id, type, webhook, body, created_at, now,
+#       trail steps, trail keep in ms, the seven of context().
 # Closes the reassembly the token names and stores its event, or replies
 # ignored (another instance completed it) or stale (it changed since read).
 _FINISH = """
@@ -172,9 +246,9 @@ local ttl = tonumber(ARGV[4])
 if ttl > 0 then
   redis.call('SET', done, '1', 'PX', ttl)
 end
-local added = store_event(prefix, group, ARGV[6], ARGV[7], ARGV[8], ARGV[9],
-  ARGV[10], ARGV[11])
-return counted(prefix, added == 1 and 'stored' or 'duplicate')
+local added, conversation = store_event(prefix, group, ARGV[6], ARGV[7], ARGV[8],
+  ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], context(14))
+return counted(prefix, added == 1 and 'stored' or 'duplicate', {conversation})
 """
 
 # KEYS: the reassembly's segments hash.  Replies its token, then its records.
@@ -195,31 +269,37 @@ for _, record in ipairs(records) do out[#out + 1] = record[2] end
 return out
 """
 
-# KEYS: none.  ARGV: prefix, group, id, type, webhook, body, created_at, now.
+# KEYS: none.  ARGV: prefix, group, id, type, webhook, body, created_at, now,
+# trail steps, trail keep in ms, the seven of context().  Replies the
+# conversation JSON given to the event ('' for none).
 _STORE = """
-local added = store_event(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
-  ARGV[7], ARGV[8])
-return counted(ARGV[1], added == 1 and 'stored' or 'duplicate')
+local added, conversation = store_event(ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+  ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], context(11))
+return counted(ARGV[1], added == 1 and 'stored' or 'duplicate', {conversation})
 """
 
-# ARGV: prefix, group, id.
+# ARGV: prefix, group, id, trail step, trail keep in ms, now, then the
+# replies to queue, four ARGV each (see queue_all).
 _DELIVERED = """
 local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
 local ev = prefix .. 'ev:' .. id
 if redis.call('HGET', ev, 'state') == 'pending' then
+  note(prefix, id, ARGV[4], ARGV[5])
   local webhook = forget_entry(prefix, group, ev)
   redis.call('ZREM', prefix .. 'retry:' .. webhook, id)
   redis.call('DEL', ev)
   redis.call('DECR', prefix .. 'pending')
 end
+queue_all(prefix, ARGV[6], ARGV[5], 7)
 return counted(prefix, 'done')
 """
 
-# ARGV: prefix, group, id, attempt, next_at, error.
+# ARGV: prefix, group, id, attempt, next_at, error, trail step, keep in ms.
 _RETRY = """
 local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
 local ev = prefix .. 'ev:' .. id
 if redis.call('HGET', ev, 'state') == 'pending' then
+  note(prefix, id, ARGV[7], ARGV[8])
   local webhook = forget_entry(prefix, group, ev)
   redis.call('HSET', ev, 'attempt', ARGV[4], 'next_at', ARGV[5], 'error', ARGV[6])
   redis.call('ZADD', prefix .. 'retry:' .. webhook, ARGV[5], id)
@@ -227,11 +307,12 @@ end
 return counted(prefix, 'done')
 """
 
-# ARGV: prefix, group, id, attempt, reason, now.
+# ARGV: prefix, group, id, attempt, reason, now, trail step, keep in ms.
 _DEAD = """
 local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
 local ev = prefix .. 'ev:' .. id
 if redis.call('HGET', ev, 'state') == 'pending' then
+  note(prefix, id, ARGV[7], ARGV[8])
   local webhook = forget_entry(prefix, group, ev)
   redis.call('ZREM', prefix .. 'retry:' .. webhook, id)
   local letter = redis.call('XADD', prefix .. 'dead', '*', 'id', id)
@@ -240,6 +321,40 @@ if redis.call('HGET', ev, 'state') == 'pending' then
   redis.call('DECR', prefix .. 'pending')
 end
 return counted(prefix, 'done')
+"""
+
+# For p2a_connector.redis_outbound, whose scripts store events too.
+STORE_EVENT = _STORE_EVENT
+
+# Shared by the scripts that queue outbound messages.  A message is a hash
+# ob:<id>; while queued its id is in the sorted set obq:<operator> by next_at
+# (seq, from a counter, keeps the order they were queued in among equal
+# times), and the counter 'outbound' counts the queued ones.
+QUEUE_OUTBOUND = """
+local function queue_outbound(prefix, id, operator, message, now, steps, keep)
+  local ob = prefix .. 'ob:' .. id
+  if redis.call('EXISTS', ob) == 1 then return 0 end
+  redis.call('HSET', ob, 'operator', operator, 'message', message,
+    'state', 'queued', 'attempt', '0', 'next_at', now, 'reference', '0',
+    'parts_sent', '0', 'message_ids', '[]',
+    'seq', redis.call('INCR', prefix .. 'ob_seq'))
+  redis.call('ZADD', prefix .. 'obq:' .. operator, now, id)
+  redis.call('SADD', prefix .. 'ob_operators', operator)
+  redis.call('INCR', prefix .. 'outbound')
+  note(prefix, id, steps, keep)
+  return 1
+end
+
+-- Queues the messages in ARGV from first on, four each: id, operator,
+-- message JSON, trail steps.
+local function queue_all(prefix, now, keep, first)
+  local added = 0
+  for i = first, #ARGV, 4 do
+    added = added + queue_outbound(prefix, ARGV[i], ARGV[i + 1], ARGV[i + 2], now,
+      ARGV[i + 3], keep)
+  end
+  return added
+end
 """
 
 # The dead letters named in ARGV[4...], or all of them when ARGV[3] is '1'.
@@ -264,13 +379,14 @@ local function take_letter(prefix, id)
 end
 """
 
-# ARGV: prefix, group, all, now, ids...
+# ARGV: prefix, group, all, now, trail step, trail keep in ms, ids...
 _REPLAY = """
 local prefix, group = ARGV[1], ARGV[2]
 local count = 0
-for _, id in ipairs(dead_ids(prefix, ARGV[3], 5)) do
+for _, id in ipairs(dead_ids(prefix, ARGV[3], 7)) do
   local ev = take_letter(prefix, id)
   if ev then
+    note(prefix, id, ARGV[5], ARGV[6])
     local stream = prefix .. 'events:' .. redis.call('HGET', ev, 'webhook')
     ensure_group(stream, group)
     local entry = redis.call('XADD', stream, '*', 'id', id)
@@ -284,13 +400,14 @@ end
 return counted(prefix, 'done', {tostring(count)})
 """
 
-# ARGV: prefix, group, all, ids...
+# ARGV: prefix, group, all, trail step, trail keep in ms, ids...
 _PURGE = """
 local prefix = ARGV[1]
 local count = 0
-for _, id in ipairs(dead_ids(prefix, ARGV[3], 4)) do
+for _, id in ipairs(dead_ids(prefix, ARGV[3], 6)) do
   local ev = take_letter(prefix, id)
   if ev then
+    note(prefix, id, ARGV[4], ARGV[5])
     redis.call('DEL', ev)
     count = count + 1
   end
@@ -439,6 +556,11 @@ for _, webhook in ipairs(redis.call('SMEMBERS', prefix .. 'webhooks')) do
   pending = pending + redis.call('ZCARD', prefix .. 'retry:' .. webhook)
 end
 redis.call('SET', prefix .. 'pending', pending)
+local queued = 0
+for _, operator in ipairs(redis.call('SMEMBERS', prefix .. 'ob_operators')) do
+  queued = queued + redis.call('ZCARD', prefix .. 'obq:' .. operator)
+end
+redis.call('SET', prefix .. 'outbound', queued)
 return counted(prefix, 'done')
 """
 
@@ -456,7 +578,7 @@ ADD_SEGMENT = _script("add_segment", _STORE_EVENT, _ADD_SEGMENT)
 FINISH = _script("finish", _STORE_EVENT, _FINISH)
 READ_SEGMENTS = _script("read_segments", _READ_SEGMENTS)
 STORE = _script("store", _STORE_EVENT, _STORE)
-DELIVERED = _script("delivered", _STORE_EVENT, _DELIVERED)
+DELIVERED = _script("delivered", _STORE_EVENT, QUEUE_OUTBOUND, _DELIVERED)
 RETRY = _script("retry", _STORE_EVENT, _RETRY)
 DEAD = _script("dead", _STORE_EVENT, _DEAD)
 REPLAY = _script("replay", _STORE_EVENT, _DEAD_IDS, _REPLAY)

@@ -29,9 +29,10 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import attrs
 import txredisapi
 from twisted.internet import task
 from twisted.internet.defer import (
@@ -49,8 +50,13 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from p2a_connector import conversation, trail
+from p2a_connector import outbound as outbound_
+from p2a_connector import redis_outbound as outbound_scripts
 from p2a_connector import redis_scripts as scripts
 from p2a_connector.config import parse_redis_url as parse_url
+from p2a_connector.decode import iso_time
+from p2a_connector.outbound import Outbound, OutboundState
 from p2a_connector.spool import (
     Assembler,
     Event,
@@ -98,6 +104,14 @@ class RedisSpool:
         longest webhook timeout, or a slow post is made twice.
     :param refresh_interval: how often `pending` and `reassemblies` are
         refreshed from Redis, to see the other instances' work.
+    :param trail_keep: how long an event's trail (`p2a_connector.trail`) is
+        kept after its last step; None keeps no trail.
+    :param conversation_idle: seconds of silence after which a person's next
+        message starts a new conversation (`p2a_connector.conversation`).
+    :param ussd_idle: seconds of silence after which `expire` ends a USSD
+        session with a ``session.ended`` event.
+    :param outbound_keep: how long a sent or failed outbound message is kept.
+    :param receipt_keep: how long `reply_for` finds a sent part's message_id.
     """
 
     log = Logger()
@@ -119,8 +133,19 @@ class RedisSpool:
         max_reassemblies: int | None = None,
         max_reassemblies_per_operator: int | None = None,
         max_reassembly_bytes: int | None = None,
+        trail_keep: float | None = trail.DEFAULT_KEEP,
+        conversation_idle: float = conversation.DEFAULT_IDLE,
+        ussd_idle: float = conversation.DEFAULT_USSD_IDLE,
+        outbound_keep: float = outbound_.DEFAULT_KEEP,
+        receipt_keep: float = outbound_.DEFAULT_RECEIPT_KEEP,
     ):
         self.url = url
+        self._conversation_idle = _number(conversation_idle)
+        self._ussd_idle = ussd_idle
+        self._outbound_keep = str(round(outbound_keep * 1000))
+        self._receipt_keep = str(round(receipt_keep * 1000))
+        self._outbound = 0
+        self._trail_keep = "0" if trail_keep is None else str(round(trail_keep * 1000))
         self.prefix = prefix
         self._keys = "{" + prefix + "}:"
         self._assembler = assembler
@@ -165,7 +190,7 @@ class RedisSpool:
 
     async def _open(self) -> None:
         try:
-            for script in scripts.ALL:
+            for script in (*scripts.ALL, *outbound_scripts.ALL):
                 await self._command("SCRIPT", "LOAD", script.source)
             await self._counted(scripts.COUNTS, (), self._keys)
         except SpoolError:
@@ -276,10 +301,14 @@ class RedisSpool:
         return reply
 
     async def _counted(self, script: scripts.Script, keys: Sequence[str], *args):
-        """Run a script replying (status, counts, pending, extra); keep counts."""
+        """
+        Run a script replying (status, counts, pending, extra, outbound); keep
+        the counts.
+        """
         reply = await self._script_keys(script, keys, *args)
-        status, counts, pending, extra = reply
+        status, counts, pending, extra, queued = reply
         self._pending = int(pending)
+        self._outbound = int(queued)
         self._reassemblies = _reassemblies(counts)
         return _text(status), extra
 
@@ -308,12 +337,13 @@ class RedisSpool:
         raise TypeError(f"the spool stores Event or Segment, not {type(item)!r}")
 
     async def _store_event(self, event: Event) -> Event | None:
-        status, _ = await self._counted(
+        status, extra = await self._counted(
             scripts.STORE, (), *self._event_args(event, self._reactor.seconds())
         )
-        return event if status == "stored" else None
+        return _filled(event, extra) if status == "stored" else None
 
     def _event_args(self, event: Event, now: float) -> tuple:
+        done = trail.stored(now, webhook=event.webhook, type=event.type)
         return (
             self._keys,
             GROUP,
@@ -323,7 +353,28 @@ class RedisSpool:
             event.body,
             _number(event.created_at),
             _number(now),
+            self._steps(*event.trail, done),
+            self._trail_keep,
+            *self._context(event, now),
         )
+
+    def _context(self, event: Event, now: float) -> tuple[str, ...]:
+        """The conversation and USSD session arguments of a stored event."""
+        key = event.conversation or ""
+        fresh = conversation.new_conversation_id(now) if key else ""
+        fresh_iso = iso_time(event.created_at) if key else ""
+        ussd, info, ended = "", "", "0"
+        if event.ussd is not None:
+            ussd, details = event.ussd
+            info = json.dumps(details, separators=(",", ":"))
+            ended = "1" if (details.get("session") or {}).get("end") else "0"
+        return (key, fresh, fresh_iso, self._conversation_idle, ussd, info, ended)
+
+    def _steps(self, *steps: dict) -> str:
+        """Trail steps as the scripts take them: JSON lines, or '' for none."""
+        if self._trail_keep == "0":
+            return ""
+        return "\n".join(trail.encode(steps))
 
     def _segment_keys(self, key: str) -> tuple[str, str]:
         digest = hashlib.sha1(key.encode()).hexdigest()
@@ -363,24 +414,28 @@ class RedisSpool:
 
             token, webhook, *records = (_text(value) for value in extra)
             event = self._assemble(records, webhook, complete=True)
-            status, _ = await self._finish(keys, token, event, "complete")
+            status, extra = await self._finish(keys, token, event, "complete")
             if status != "stale":
-                return event if status == "stored" else None
+                return _filled(event, extra) if status == "stored" else None
         raise SpoolError(
             f"spool {self.where}: the message {segment.key} kept changing while "
             "its segment was added; the SMSC will send it again"
         )
 
     def _assemble(self, records: list[str], webhook: str, complete: bool) -> Event:
-        event_id, event_type, body = self._assembler(
-            [json.loads(record) for record in records], complete
-        )
+        segments = [json.loads(record) for record in records]
+        event_id, event_type, body = self._assembler(segments, complete)
+        now = self._reactor.seconds()
+        conversation_key, ussd = conversation.keys_of_body(event_type, body)
         return Event(
             id=event_id,
             type=event_type,
             webhook=webhook,
             body=body,
-            created_at=self._reactor.seconds(),
+            created_at=now,
+            trail=trail.assembled(segments, complete, now),
+            conversation=conversation_key,
+            ussd=ussd,
         )
 
     async def _finish(
@@ -422,41 +477,147 @@ class RedisSpool:
                     key=seg,
                 )
                 continue
-            status, _ = await self._finish((seg, done), token, event, "expire")
+            status, extra = await self._finish((seg, done), token, event, "expire")
             if status == "stored":
-                events.append(event)
+                events.append(_filled(event, extra))
+        events.extend(await self._end_idle_sessions())
         await self._counted(scripts.RECOUNT, (), self._keys)
         return events
 
-    def delivered(self, event_id: str) -> Deferred[None]:
-        """Forget a delivered event, acknowledging its stream entry."""
-        return self._done(scripts.DELIVERED, event_id)
+    async def _end_idle_sessions(self) -> list[Event]:
+        """End the USSD sessions silent past ``ussd_idle``; their events."""
+        now = self._reactor.seconds()
+        idle = await self._command(
+            "ZRANGEBYSCORE",
+            self._keys + "ussd",
+            "-inf",
+            "(" + _number(now - self._ussd_idle),
+        )
+        ended = []
+        for member in idle:
+            key = _text(member)
+            fields = await self._command(
+                "HMGET",
+                self._keys + "ussd:" + key,
+                "webhook",
+                "info",
+                "last_message_id",
+                "last_at",
+            )
+            if fields[0] is None:
+                continue
+            webhook, info, last_message_id, last_at = map(_text, fields)
+            event = conversation.session_ended(
+                conversation.new_event_id(now),
+                now,
+                webhook=webhook,
+                info=json.loads(info),
+                last_message_id=last_message_id,
+            )
+            args = self._event_args(event, now)
+            status, _ = await self._counted(
+                outbound_scripts.END_IDLE_SESSION,
+                (),
+                *args[:2],
+                key,
+                last_at,
+                *args[2:],
+            )
+            if status == "stored":
+                ended.append(event)
+        return ended
+
+    def delivered(
+        self,
+        event_id: str,
+        note: Mapping[str, Any] | None = None,
+        replies: Sequence[Outbound] = (),
+    ) -> Deferred[None]:
+        """
+        Forget a delivered event, acknowledging its stream entry, and queue
+        ``replies`` in the same script; replies are queued (by id, once)
+        even when the event was delivered already.
+        """
+        now = self._reactor.seconds()
+        done = trail.step(now, "delivered", **(note or {}))
+
+        async def run() -> None:
+            await self._counted(
+                scripts.DELIVERED,
+                (),
+                self._keys,
+                GROUP,
+                event_id,
+                self._steps(done),
+                self._trail_keep,
+                _number(now),
+                *self._queued_args(replies, now),
+            )
+
+        return ensureDeferred(run())
 
     def retry(
-        self, event_id: str, attempt: int, next_at: float, error: str
+        self,
+        event_id: str,
+        attempt: int,
+        next_at: float,
+        error: str,
+        note: Mapping[str, Any] | None = None,
     ) -> Deferred[None]:
         """Record a failed attempt; the event is due again at ``next_at``."""
-        return self._done(scripts.RETRY, event_id, attempt, _number(next_at), error)
+        failed = trail.step(
+            self._reactor.seconds(),
+            "attempt_failed",
+            **({"attempt": attempt} | dict(note or {})),
+            error=error,
+            next_at=next_at,
+        )
+        return self._done(
+            scripts.RETRY,
+            event_id,
+            attempt,
+            _number(next_at),
+            error,
+            self._steps(failed),
+        )
 
-    def dead(self, event_id: str, attempt: int, reason: str) -> Deferred[None]:
+    def dead(
+        self,
+        event_id: str,
+        attempt: int,
+        reason: str,
+        note: Mapping[str, Any] | None = None,
+    ) -> Deferred[None]:
         """Move an event to the dead letters, with why it will not be retried."""
-        now = _number(self._reactor.seconds())
-        return self._done(scripts.DEAD, event_id, attempt, reason, now)
+        now = self._reactor.seconds()
+        dead = trail.step(
+            now,
+            "dead_lettered",
+            **({"attempt": attempt} | dict(note or {})),
+            reason=reason,
+        )
+        return self._done(
+            scripts.DEAD, event_id, attempt, reason, _number(now), self._steps(dead)
+        )
 
     def _done(self, script: scripts.Script, *args: Any) -> Deferred[None]:
         async def run() -> None:
-            await self._counted(script, (), self._keys, GROUP, *args)
+            await self._counted(script, (), self._keys, GROUP, *args, self._trail_keep)
 
         return ensureDeferred(run())
 
     def replay(self, ids: Sequence[str] | None) -> Deferred[int]:
         """Make dead letters (all, or those named) pending again, due now."""
-        now = _number(self._reactor.seconds())
-        return self._letters(scripts.REPLAY, ids, now)
+        now = self._reactor.seconds()
+        replayed = self._steps(trail.step(now, "replayed"))
+        return self._letters(
+            scripts.REPLAY, ids, _number(now), replayed, self._trail_keep
+        )
 
     def purge(self, ids: Sequence[str] | None) -> Deferred[int]:
-        """Delete dead letters (all, or those named) for good."""
-        return self._letters(scripts.PURGE, ids)
+        """Delete dead letters (all, or those named) for good; their trail stays."""
+        purged = self._steps(trail.step(self._reactor.seconds(), "purged"))
+        return self._letters(scripts.PURGE, ids, purged, self._trail_keep)
 
     def _letters(
         self, script: scripts.Script, ids: Sequence[str] | None, *args: Any
@@ -482,6 +643,10 @@ class RedisSpool:
     def reassemblies(self) -> Reassemblies:
         """The messages waiting for segments, all instances together."""
         return self._reassemblies
+
+    def set_bounds(self, **bounds: int | None) -> None:
+        """The ``max_reassembl*`` bounds, anew, from the next segment on."""
+        self._bounds = {**self._bounds, **bounds}
 
     def due(
         self,
@@ -586,6 +751,299 @@ class RedisSpool:
             return letters
 
         return ensureDeferred(read())
+
+    def dead_letter_count(self) -> Deferred[int]:
+        """How many dead letters the spool holds."""
+        return self._command("XLEN", self._keys + "dead").addCallback(int)
+
+    def trail(self, event_id: str) -> Deferred[list[dict]]:
+        """The event's trail, oldest step first; empty if unknown or forgotten."""
+        d = self._command("LRANGE", self._keys + "trail:" + event_id, 0, -1)
+        return d.addCallback(lambda lines: trail.decode_steps(map(_text, lines)))
+
+    # --- outbound messages, conversations, USSD sessions ---------------------
+
+    def _queued_args(self, messages: Sequence[Outbound], now: float) -> list[str]:
+        """Four script arguments per message to queue (queue_all)."""
+        args = []
+        for message in messages:
+            queued = trail.step(
+                now,
+                "queued",
+                operator=message.operator,
+                in_reply_to=message.in_reply_to,
+            )
+            args += [message.id, message.operator, message.dumps(), self._steps(queued)]
+        return args
+
+    def queue(self, messages: Sequence[Outbound]) -> Deferred[int]:
+        """
+        Keep messages to send, due now; one whose id is kept already is left
+        as it is.  Fires with how many were new, once Redis has them.
+        """
+        now = self._reactor.seconds()
+
+        async def run() -> int:
+            _, extra = await self._counted(
+                outbound_scripts.QUEUE,
+                (),
+                self._keys,
+                _number(now),
+                self._trail_keep,
+                *self._queued_args(messages, now),
+            )
+            return int(extra[0])
+
+        return ensureDeferred(run())
+
+    def outbound_due(
+        self,
+        now: float,
+        limit: int,
+        *,
+        operators: Collection[str] | None = None,
+        lease: float = 60.0,
+    ) -> Deferred[list[OutboundState]]:
+        """
+        Take the queued messages due at ``now`` (of ``operators`` only, if
+        given), oldest first: no instance takes them again for ``lease``
+        seconds, by which time the sender has reported on them or died.
+        """
+
+        async def run() -> list[OutboundState]:
+            if operators is not None and not operators:
+                return []
+            rows = await self._script(
+                outbound_scripts.OUTBOUND_DUE,
+                self._keys,
+                _number(now),
+                limit,
+                _number(now + lease),
+                *_operator_args(operators),
+            )
+            return [_outbound_state(row[1:]) for row in rows]
+
+        return ensureDeferred(run())
+
+    def next_outbound_due(
+        self, *, operators: Collection[str] | None = None
+    ) -> Deferred[float | None]:
+        """When the next queued message (of ``operators``) is due, or None."""
+
+        async def run() -> float | None:
+            if operators is not None and not operators:
+                return None
+            at = await self._script(
+                outbound_scripts.NEXT_OUTBOUND_DUE,
+                self._keys,
+                *_operator_args(operators),
+            )
+            return None if at is None else float(at)
+
+        return ensureDeferred(run())
+
+    def _outbound_update(
+        self, outbound_id: str, step: dict, queue_at: str, **fields: Any
+    ) -> Deferred[None]:
+        pairs = [str(value) for item in fields.items() for value in item]
+
+        async def run() -> None:
+            await self._counted(
+                outbound_scripts.OUTBOUND_UPDATE,
+                (),
+                self._keys,
+                outbound_id,
+                self._steps(step),
+                self._trail_keep,
+                queue_at,
+                *pairs,
+            )
+
+        return ensureDeferred(run())
+
+    def outbound_progress(
+        self,
+        outbound_id: str,
+        *,
+        reference: int,
+        parts_sent: int,
+        message_ids: Sequence[str],
+    ) -> Deferred[None]:
+        """Some parts were accepted: a retry goes on from ``parts_sent``."""
+        step = trail.step(self._reactor.seconds(), "part_sent", parts_sent=parts_sent)
+        return self._outbound_update(
+            outbound_id,
+            step,
+            "",
+            reference=reference,
+            parts_sent=parts_sent,
+            message_ids=json.dumps(list(message_ids)),
+        )
+
+    def outbound_retry(
+        self,
+        outbound_id: str,
+        attempt: int,
+        next_at: float,
+        error: str,
+        *,
+        reference: int,
+        parts_sent: int,
+        message_ids: Sequence[str],
+    ) -> Deferred[None]:
+        """A failed attempt; the message is due again at ``next_at``."""
+        step = trail.step(
+            self._reactor.seconds(),
+            "retry",
+            attempt=attempt,
+            error=error,
+            next_at=next_at,
+            parts_sent=parts_sent,
+        )
+        return self._outbound_update(
+            outbound_id,
+            step,
+            _number(next_at),
+            attempt=attempt,
+            next_at=_number(next_at),
+            error=error,
+            reference=reference,
+            parts_sent=parts_sent,
+            message_ids=json.dumps(list(message_ids)),
+        )
+
+    def outbound_sent(
+        self, outbound_id: str, *, reference: int, message_ids: Sequence[str]
+    ) -> Deferred[None]:
+        """Every part was accepted; each message_id now finds the message."""
+        now = self._reactor.seconds()
+        sent = trail.step(now, "sent", parts=len(message_ids))
+
+        async def run() -> None:
+            await self._counted(
+                outbound_scripts.OUTBOUND_SENT,
+                (),
+                self._keys,
+                outbound_id,
+                self._steps(sent),
+                self._trail_keep,
+                _number(now),
+                reference,
+                len(message_ids),
+                json.dumps(list(message_ids)),
+                self._outbound_keep,
+                self._receipt_keep,
+                *message_ids,
+            )
+
+        return ensureDeferred(run())
+
+    def outbound_failed(
+        self, outbound_id: str, attempt: int, reason: str, event: Event
+    ) -> Deferred[None]:
+        """
+        The message will not be sent: state ``failed`` with ``reason``, and
+        ``event`` (its ``reply.failed``) stored for delivery in the same
+        script.  Nothing happens to a message no longer queued.
+        """
+        now = self._reactor.seconds()
+        failed = trail.step(now, "failed", attempt=attempt, reason=reason)
+        args = self._event_args(event, now)
+
+        async def run() -> None:
+            await self._counted(
+                outbound_scripts.OUTBOUND_FAILED,
+                (),
+                *args[:2],
+                outbound_id,
+                attempt,
+                reason,
+                self._outbound_keep,
+                self._steps(failed),
+                self._trail_keep,
+                *args[2:],
+            )
+
+        return ensureDeferred(run())
+
+    def outbound(self, outbound_id: str) -> Deferred[OutboundState | None]:
+        """Where a message is, or None if unknown or forgotten."""
+        d = self._command("HMGET", self._keys + "ob:" + outbound_id, *_FIELDS)
+        return d.addCallback(
+            lambda row: None if row[0] is None else _outbound_state(row)
+        )
+
+    def reply_for(self, message_id: str) -> Deferred[str | None]:
+        """The outbound id of the part the SMSC accepted as ``message_id``."""
+        d = self._command("GET", self._keys + "rcpt:" + message_id)
+        return d.addCallback(lambda value: None if value is None else _text(value))
+
+    def outbound_pending(self) -> int:
+        """Queued outbound messages, all instances, as of the last write."""
+        return self._outbound
+
+    def conversation_of(self, key: str) -> Deferred[dict | None]:
+        """A conversation's id, turn, started_at and last_at, or None."""
+        d = self._command(
+            "HMGET", self._keys + "cnv:" + key, "id", "turn", "started_at", "last_at"
+        )
+
+        def read(row: list) -> dict | None:
+            if row[0] is None:
+                return None
+            return {
+                "id": _text(row[0]),
+                "turn": int(row[1]),
+                "started_at": float(row[2]),
+                "last_at": float(row[3]),
+            }
+
+        return d.addCallback(read)
+
+    def end_session(self, key: str) -> Deferred[None]:
+        """Close a USSD session (a reply ended it): no ``session.ended``."""
+        d = ensureDeferred(self._script(outbound_scripts.END_SESSION, self._keys, key))
+        return d.addCallback(lambda _: None)
+
+
+_FIELDS = (
+    "message",
+    "state",
+    "attempt",
+    "next_at",
+    "reference",
+    "parts_sent",
+    "message_ids",
+    "error",
+    "sent_at",
+)
+
+
+def _outbound_state(row: Sequence[Any]) -> OutboundState:
+    message, state, attempt, next_at, reference, parts, ids, error, sent = row
+    return OutboundState(
+        message=Outbound.loads(message),
+        state=_text(state),
+        attempt=int(attempt),
+        next_at=float(next_at),
+        reference=int(reference),
+        parts_sent=int(parts),
+        message_ids=tuple(json.loads(ids)),
+        error=None if error is None else _text(error),
+        sent_at=None if sent is None else float(sent),
+    )
+
+
+def _operator_args(operators: Collection[str] | None) -> list[str]:
+    return ["1"] if operators is None else ["0", *operators]
+
+
+def _filled(event: Event, extra: Sequence[Any]) -> Event:
+    """The event with the conversation a script gave it in its body."""
+    given = _text(extra[0]) if extra else ""
+    if not given:
+        return event
+    return attrs.evolve(event, body=conversation.fill(event.body, given.encode()))
 
 
 def _reassemblies(counts: bytes) -> Reassemblies:

@@ -1,6 +1,7 @@
 """
 One SMPP 3.4 ESME session: bind, keep the link alive, take deliver_sm and
-data_sm with a bounded window, unbind.
+data_sm with a bounded window, send submit_sm with a bounded window of its
+own, unbind.
 
 The session does not reconnect; `p2a_connector.bind.BindService` does that.
 It hands every parsed MO PDU to a handler and answers the SMSC with the
@@ -8,15 +9,22 @@ command_status the handler's Deferred fires with, so an acknowledgement
 means whatever the handler decided it means (for the daemon: committed to
 the spool).
 
+`ESMEProtocol.submit_sm` sends one submit_sm and fires with the SMSC's
+answer, whatever its status: what an error means (retry, give up) is the
+caller's decision.  At most ``submit_window`` submit_sm wait for their
+response at once; later calls wait their turn, in order.
+
 States: ``open`` (connected, not bound), ``binding``, ``bound``,
 ``unbinding``, ``closed``.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -33,6 +41,7 @@ from twisted.python.failure import Failure
 
 from p2a_connector import pdu
 from p2a_connector.config import BindConfig
+from p2a_connector.metrics import BindMetrics, Metrics
 from p2a_connector.models import MOPdu
 from p2a_connector.pdu import Header, PDUError
 from p2a_connector.smpp_status import ESME_ROK, status_code, status_name
@@ -40,6 +49,12 @@ from p2a_connector.smpp_status import ESME_ROK, status_code, status_name
 MOHandler = Callable[[MOPdu, "ESMEProtocol"], "Deferred[int]"]
 
 _MAX_SEQUENCE_NUMBER = 0x7FFFFFFF
+
+_BIND_COMMANDS = {
+    "receiver": pdu.BIND_RECEIVER,
+    "transmitter": pdu.BIND_TRANSMITTER,
+    "transceiver": pdu.BIND_TRANSCEIVER,
+}
 
 
 class BindRefused(Exception):
@@ -54,14 +69,54 @@ class BindTimeout(Exception):
     """The SMSC did not answer the bind within bind_timeout."""
 
 
+class SubmitTimeout(Exception):
+    """The SMSC did not answer a submit_sm within submit_timeout."""
+
+
+class NotTransmitting(Exception):
+    """A submit_sm was asked of a bind that cannot send one."""
+
+
+@attrs.frozen
+class SubmitResult:
+    """
+    The SMSC's answer to one submit_sm.
+
+    :ivar status: the command_status of the submit_sm_resp (or of the
+        generic_nack the SMSC answered instead).
+    :ivar message_id: the SMSC's id for the message; empty on an error.
+    """
+
+    status: int
+    message_id: str
+    sequence_number: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == ESME_ROK
+
+    @property
+    def status_name(self) -> str:
+        return status_name(self.status)
+
+
 class ESMEProtocol(Protocol):
     """One connection to an SMSC, speaking SMPP 3.4 as the ESME."""
 
     log = Logger()
 
-    def __init__(self, bind: BindConfig, handler: MOHandler, clock: IReactorTime):
+    def __init__(
+        self,
+        bind: BindConfig,
+        handler: MOHandler,
+        clock: IReactorTime,
+        metrics: BindMetrics | None = None,
+    ):
         self.bind = bind
         self.bind_name = bind.name
+        if metrics is None:
+            metrics = Metrics().bind(bind.operator, bind.name)
+        self.metrics = metrics
         self.state = "open"
         self.bound_at: float | None = None
         self._handler = handler
@@ -77,6 +132,10 @@ class ESMEProtocol(Protocol):
         self._unbind_deadline: IDelayedCall | None = None
         self._drain_waiters: list[Deferred[None]] = []
         self._close_waiters: list[Deferred[None]] = []
+        # submit_sm waiting for their response, by sequence_number, with
+        # their timeout; and the calls waiting for room in the window.
+        self._submits: dict[int, tuple[Deferred[SubmitResult], IDelayedCall]] = {}
+        self._submit_queue: deque[tuple[Deferred[SubmitResult], dict]] = deque()
 
     # --- public interface ---------------------------------------------
 
@@ -88,9 +147,7 @@ class ESMEProtocol(Protocol):
         the connection was lost, and in the first two cases closes the
         connection.
         """
-        command_id = (
-            pdu.BIND_RECEIVER if self.bind.mode == "receiver" else pdu.BIND_TRANSCEIVER
-        )
+        command_id = _BIND_COMMANDS[self.bind.mode]
         self.state = "binding"
         bind = self.bind
 
@@ -155,6 +212,37 @@ class ESMEProtocol(Protocol):
         drained.addBoth(self._unbind_answered)
         return closed
 
+    def submit_sm(self, **fields: Any) -> Deferred[SubmitResult]:
+        """
+        Send a submit_sm with these fields (see `pdu.sm_body`); fires with
+        the SMSC's `SubmitResult`, whatever its status.
+
+        Waits its turn while ``submit_window`` submit_sm are outstanding.
+        Fails with `SubmitTimeout` when no response comes within
+        ``submit_timeout``, and with the reason when the connection is lost
+        or the session is not bound.
+
+        :raises NotTransmitting: at once, on a receiver bind.
+        """
+        if not self.bind.transmits:
+            raise NotTransmitting(
+                f"bind {self.bind_name} is a {self.bind.mode} bind and cannot "
+                "send submit_sm; use a transceiver or transmitter bind"
+            )
+        if self.state != "bound":
+            return fail(
+                ConnectionDone(f"bind {self.bind_name} is {self.state}, not bound")
+            )
+        if len(self._submits) >= self.bind.submit_window:
+            waiting: Deferred[SubmitResult] = Deferred(self._dequeue_submit)
+            self._submit_queue.append((waiting, fields))
+            return waiting
+        return self._send_submit(fields)
+
+    def submits_outstanding(self) -> int:
+        """submit_sm sent and not yet answered, plus those waiting to be sent."""
+        return len(self._submits) + len(self._submit_queue)
+
     def whenClosed(self) -> Deferred[None]:
         """Fires once the connection is lost, however that happened."""
         if self.state == "closed":
@@ -185,6 +273,7 @@ class ESMEProtocol(Protocol):
         pending, self._pending = self._pending, {}
         for requested in pending.values():
             requested.errback(reason)
+        self._fail_submits(reason)
         self._fire(self._drain_waiters)
         self._fire(self._close_waiters)
 
@@ -211,8 +300,9 @@ class ESMEProtocol(Protocol):
 
     def _dispatch(self, header: Header, body: bytes) -> None:
         command_id = header.command_id
+        self.metrics.received(command_id, header.command_status)
         if header.is_response:
-            self._response(header)
+            self._response(header, body)
         elif command_id in (pdu.DELIVER_SM, pdu.DATA_SM):
             self._mo(header, body)
         elif command_id == pdu.ENQUIRE_LINK:
@@ -234,11 +324,7 @@ class ESMEProtocol(Protocol):
                 sequence_number=header.sequence_number,
                 bind=self.bind_name,
             )
-            self._write(
-                pdu.encode_generic_nack(
-                    header.sequence_number, status_code("ESME_RINVCMDID")
-                )
-            )
+            self._nack(header.sequence_number, status_code("ESME_RINVCMDID"))
 
     def _corrupt(self, error: PDUError) -> None:
         sequence_number = self._framer.sequence_number_of_partial()
@@ -248,10 +334,13 @@ class ESMEProtocol(Protocol):
             reason=error.reason,
             sequence_number=sequence_number,
         )
-        self._write(pdu.encode_generic_nack(sequence_number, error.status))
+        self._nack(sequence_number, error.status)
         self._lose()
 
-    def _response(self, header: Header) -> None:
+    def _response(self, header: Header, body: bytes) -> None:
+        if header.sequence_number in self._submits:
+            self._submit_answered(header, body)
+            return
         requested = self._pending.pop(header.sequence_number, None)
         if requested is None:
             self.log.warn(
@@ -333,9 +422,18 @@ class ESMEProtocol(Protocol):
         # No event per response: twistd writes debug events too, and a line
         # per PDU took about an eighth of the daemon's CPU under load.  Whoever
         # chose the status has logged it with the bind and sequence_number.
+        if self.state == "closed":
+            return
         self._write(
             pdu.encode_mo_resp(header.command_id, header.sequence_number, status)
         )
+        self.metrics.sent(header.command_id | pdu.RESPONSE_BIT, status)
+
+    def _nack(self, sequence_number: int, status: int) -> None:
+        if self.state == "closed":
+            return
+        self._write(pdu.encode_generic_nack(sequence_number, status))
+        self.metrics.sent(pdu.GENERIC_NACK, status)
 
     def _pause(self) -> None:
         self._paused = True
@@ -457,6 +555,86 @@ class ESMEProtocol(Protocol):
             self._lose()
 
         drained.addBoth(answer)
+
+    # --- submit_sm ------------------------------------------------------
+
+    def _send_submit(self, fields: dict) -> Deferred[SubmitResult]:
+        sequence_number = self._next_sequence_number()
+        try:
+            encoded = pdu.encode_submit_sm(sequence_number, **fields)
+        except (TypeError, ValueError) as e:
+            return fail(e)
+
+        def forget(_: Deferred[SubmitResult]) -> None:
+            entry = self._submits.pop(sequence_number, None)
+            if entry is not None and entry[1].active():
+                entry[1].cancel()
+            self._next_submit()
+
+        sent: Deferred[SubmitResult] = Deferred(forget)
+        overdue = self._clock.callLater(
+            self.bind.submit_timeout, self._submit_overdue, sequence_number
+        )
+        self._submits[sequence_number] = (sent, overdue)
+        self._write(encoded)
+        return sent
+
+    def _submit_answered(self, header: Header, body: bytes) -> None:
+        sent, overdue = self._submits.pop(header.sequence_number)
+        if overdue.active():
+            overdue.cancel()
+        status = header.command_status
+        message_id = ""
+        if header.command_id == pdu.SUBMIT_SM | pdu.RESPONSE_BIT and status == ESME_ROK:
+            message_id = pdu.message_id_of(body)
+        self.metrics.submitted(status)
+        self._next_submit()
+        sent.callback(SubmitResult(status, message_id, header.sequence_number))
+
+    def _submit_overdue(self, sequence_number: int) -> None:
+        entry = self._submits.pop(sequence_number, None)
+        if entry is None:
+            return
+        self.log.warn(
+            "no submit_sm_resp on {bind} within {timeout} s",
+            bind=self.bind_name,
+            timeout=self.bind.submit_timeout,
+            sequence_number=sequence_number,
+        )
+        self.metrics.submitted("timeout")
+        self._next_submit()
+        entry[0].errback(
+            SubmitTimeout(
+                f"no submit_sm_resp within {self.bind.submit_timeout:g} s on bind "
+                f"{self.bind_name} (sequence_number {sequence_number})"
+            )
+        )
+
+    def _next_submit(self) -> None:
+        """Send the calls waiting for room, as far as the window allows."""
+        while (
+            self._submit_queue
+            and self.state == "bound"
+            and len(self._submits) < self.bind.submit_window
+        ):
+            waiting, fields = self._submit_queue.popleft()
+            self._send_submit(fields).chainDeferred(waiting)
+
+    def _dequeue_submit(self, waiting: Deferred[SubmitResult]) -> None:
+        for entry in self._submit_queue:
+            if entry[0] is waiting:
+                self._submit_queue.remove(entry)
+                return
+
+    def _fail_submits(self, reason: Failure) -> None:
+        submits, self._submits = self._submits, {}
+        queued, self._submit_queue = self._submit_queue, deque()
+        for sent, overdue in submits.values():
+            if overdue.active():
+                overdue.cancel()
+            sent.errback(reason)
+        for waiting, _ in queued:
+            waiting.errback(reason)
 
     # --- enquire_link ---------------------------------------------------
 

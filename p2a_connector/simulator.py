@@ -5,6 +5,9 @@ It listens on TCP, accepts or refuses binds, records every PDU it receives,
 answers enquire_link and unbind, and sends whatever deliver_sm or data_sm a
 test asks for, including the odd ones real SMSCs send (unknown data_coding,
 USSD and vendor TLVs, malformed bodies through `SMSCSession.send_raw`).
+It answers submit_sm with a message_id, or with the statuses a test
+scripts (throttling, say), and keeps each one parsed in ``submits``; with
+``send_receipts`` it sends a delivery receipt for each one that asked.
 
 Run on its own it accepts binds and stays quiet::
 
@@ -27,8 +30,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2a_connector import pdu
+from p2a_connector.models import MOPdu
 from p2a_connector.pdu import Header
 from p2a_connector.smpp_status import ESME_ROK, status_code, status_name
+from p2a_connector.tlv import (
+    TAG_ITS_SESSION_INFO,
+    TAG_MESSAGE_STATE,
+    TAG_RECEIPTED_MESSAGE_ID,
+    TAG_USSD_SERVICE_OP,
+)
 
 
 @attrs.frozen
@@ -41,6 +51,42 @@ class Received:
     sequence_number: int
     body: bytes = b""
     fields: dict = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Submitted:
+    """A submit_sm the simulator accepted, the id it gave, the session it came on."""
+
+    message_id: str
+    pdu: MOPdu
+    session: SMSCSession = attrs.field(eq=False, repr=False)
+
+    @property
+    def ussd_service_op(self) -> int | None:
+        value = self.pdu.tlv(TAG_USSD_SERVICE_OP)
+        return value[0] if value else None
+
+    @property
+    def its_session_info(self) -> bytes | None:
+        return self.pdu.tlv(TAG_ITS_SESSION_INFO)
+
+
+def _receipt(message_id: str, submitted: MOPdu) -> dict:
+    """The deliver_sm fields of a DELIVRD receipt for a submit_sm."""
+    text = (
+        f"id:{message_id} sub:001 dlvrd:001 submit date:2612031200 "
+        f"done date:2612031201 stat:DELIVRD err:000 text:"
+    )
+    return {
+        "source": submitted.destination,
+        "destination": submitted.source,
+        "esm_class": 0x04,
+        "short_message": text.encode("ascii"),
+        "tlvs": (
+            (TAG_RECEIPTED_MESSAGE_ID, message_id.encode("ascii") + b"\0"),
+            (TAG_MESSAGE_STATE, bytes((2,))),
+        ),
+    }
 
 
 class SMSCSession(Protocol):
@@ -174,9 +220,31 @@ class SMSCSession(Protocol):
             self.state = "unbound"
             if self.simulator.answer_unbind:
                 self.transport.write(pdu.encode_unbind_resp(seq))
+        elif header.command_id == pdu.SUBMIT_SM:
+            self._submit_sm(header, body)
         else:
             nack = pdu.encode_generic_nack(seq, status_code("ESME_RINVCMDID"))
             self.transport.write(nack)
+
+    def _submit_sm(self, header: Header, body: bytes) -> None:
+        simulator = self.simulator
+        seq = header.sequence_number
+        try:
+            submitted = pdu.parse_mo(header.command_id, seq, body)
+        except pdu.PDUError as e:
+            self.transport.write(pdu.encode_submit_sm_resp(seq, e.status, ""))
+            return
+        status = simulator.submit_statuses.pop(0) if simulator.submit_statuses else 0
+        if status != ESME_ROK:
+            simulator.refused.append((submitted, status))
+            self.transport.write(pdu.encode_submit_sm_resp(seq, status, ""))
+            return
+
+        message_id = f"sim{len(simulator.submits) + 1:06d}"
+        simulator._submitted(Submitted(message_id, submitted, self))
+        self.transport.write(pdu.encode_submit_sm_resp(seq, ESME_ROK, message_id))
+        if simulator.send_receipts and submitted.registered_delivery & 0x03:
+            self.deliver(**_receipt(message_id, submitted)).addErrback(lambda _: None)
 
     def _bind_fields(self, header: Header, body: bytes) -> dict:
         try:
@@ -242,7 +310,10 @@ class SMSCSimulator(ServerFactory):
     Attributes a test may change at any time: ``refuse_status`` (answer every
     bind with this status), ``answer_binds``, ``answer_enquire_link`` and
     ``answer_unbind`` (False: stay silent), ``enquire_link_interval`` (send
-    our own enquire_link this often once bound; None for never).
+    our own enquire_link this often once bound; None for never),
+    ``submit_statuses`` (the statuses the next submit_sm get, in order;
+    ESME_ROK once it is empty) and ``send_receipts`` (send a DELIVRD receipt
+    for each accepted submit_sm whose registered_delivery asks for one).
     """
 
     log = Logger()
@@ -272,11 +343,16 @@ class SMSCSimulator(ServerFactory):
         self.name = name
         self.clock = clock
         self.received: list[Received] = []
+        self.submits: list[Submitted] = []
+        self.refused: list[tuple[MOPdu, int]] = []
+        self.submit_statuses: list[int] = []
+        self.send_receipts = False
         self.sessions: list[SMSCSession] = []
         self.binds = 0
         self.listening: IListeningPort | None = None
         self._bind_waiters: list[Deferred[SMSCSession]] = []
         self._receive_waiters: list[tuple[str, Deferred[Received]]] = []
+        self._submit_waiters: list[tuple[int, Deferred[list[Submitted]]]] = []
 
     def buildProtocol(self, addr) -> SMSCSession:
         return SMSCSession(self)
@@ -302,11 +378,15 @@ class SMSCSimulator(ServerFactory):
 
     @property
     def session(self) -> SMSCSession | None:
-        """The most recently bound session still bound, if any."""
-        for session in reversed(self.sessions):
-            if session.state == "bound":
+        """
+        The most recently bound session still bound that takes deliver_sm
+        (a receiver or transceiver), else any bound one, if any.
+        """
+        bound = [s for s in reversed(self.sessions) if s.state == "bound"]
+        for session in bound:
+            if session.bind_command != "bind_transmitter":
                 return session
-        return None
+        return bound[0] if bound else None
 
     def whenBound(self) -> Deferred[SMSCSession]:
         """A bound session: now if there is one, else the next to bind."""
@@ -324,6 +404,14 @@ class SMSCSimulator(ServerFactory):
         """The next PDU received with this command name, e.g. ``generic_nack``."""
         waiter: Deferred[Received] = Deferred()
         self._receive_waiters.append((command, waiter))
+        return waiter
+
+    def whenSubmitted(self, count: int) -> Deferred[list[Submitted]]:
+        """The accepted submit_sm, once at least ``count`` have arrived."""
+        if len(self.submits) >= count:
+            return succeed(list(self.submits))
+        waiter: Deferred[list[Submitted]] = Deferred()
+        self._submit_waiters.append((count, waiter))
         return waiter
 
     def commands(self) -> list[str]:
@@ -367,6 +455,13 @@ class SMSCSimulator(ServerFactory):
         for entry in matching:
             self._receive_waiters.remove(entry)
             entry[1].callback(received)
+
+    def _submitted(self, submitted: Submitted) -> None:
+        self.submits.append(submitted)
+        ready = [w for w in self._submit_waiters if len(self.submits) >= w[0]]
+        for entry in ready:
+            self._submit_waiters.remove(entry)
+            entry[1].callback(list(self.submits))
 
     def _bound(self, session: SMSCSession) -> None:
         self.binds += 1

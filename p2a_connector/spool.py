@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import attrs
 from twisted.internet.defer import Deferred
 
+from p2a_connector.outbound import Outbound, OutboundState
+
 
 class SpoolError(Exception):
     """The spool cannot be used (disk full, locked, corrupt, closed...)."""
@@ -54,6 +56,15 @@ class Event:
 
     :ivar id: the ``webhook-id``, the same on every attempt and after restarts.
     :ivar body: the compact JSON envelope, posted byte for byte on every attempt.
+    :ivar trail: the steps before it was stored (its PDUs received), which the
+        spool keeps with it; see `p2a_connector.trail`.
+    :ivar conversation: for a ``message.received``, the key of its
+        conversation (`p2a_connector.conversation.conversation_key`); the
+        spool assigns the conversation's id and turn as it stores the event
+        and puts them in the body's placeholder.
+    :ivar ussd: for a USSD message with a session id, ``(key, info)``
+        (`p2a_connector.conversation.keys`): the session it opens or
+        refreshes, or closes when ``info["session"]["end"]`` is set.
     """
 
     id: str
@@ -61,6 +72,11 @@ class Event:
     webhook: str
     body: bytes
     created_at: float
+    trail: tuple[dict, ...] = attrs.field(default=(), eq=False, repr=False)
+    conversation: str | None = attrs.field(default=None, eq=False, repr=False)
+    ussd: tuple[str, Mapping[str, Any]] | None = attrs.field(
+        default=None, eq=False, repr=False
+    )
 
 
 @attrs.frozen
@@ -158,6 +174,9 @@ class Spool(Protocol):
 
     def reassemblies(self) -> Reassemblies: ...
 
+    def set_bounds(self, **bounds: int | None) -> None:
+        """Replace the ``max_reassembl*`` bounds (a configuration reload)."""
+
     def due(
         self,
         now: float,
@@ -171,16 +190,108 @@ class Spool(Protocol):
         self, *, webhook: str | None = None, exclude: Collection[str] = ()
     ) -> Deferred[float | None]: ...
 
-    def delivered(self, event_id: str) -> Deferred[None]: ...
+    # ``note`` adds the dispatcher's facts (HTTP status, duration) to the
+    # step each of these writes to the event's trail.
+    def delivered(
+        self,
+        event_id: str,
+        note: Mapping[str, Any] | None = None,
+        replies: Sequence[Outbound] = (),
+    ) -> Deferred[None]:
+        """
+        Forget a delivered event and queue the replies its webhook answered
+        with, in one write; the replies are queued (by id, once) even when
+        the event was already delivered.
+        """
 
     def retry(
-        self, event_id: str, attempt: int, next_at: float, error: str
+        self,
+        event_id: str,
+        attempt: int,
+        next_at: float,
+        error: str,
+        note: Mapping[str, Any] | None = None,
     ) -> Deferred[None]: ...
 
-    def dead(self, event_id: str, attempt: int, reason: str) -> Deferred[None]: ...
+    def dead(
+        self,
+        event_id: str,
+        attempt: int,
+        reason: str,
+        note: Mapping[str, Any] | None = None,
+    ) -> Deferred[None]: ...
 
     def dead_letters(self, limit: int = 100) -> Deferred[list[dict]]: ...
+
+    def dead_letter_count(self) -> Deferred[int]: ...
+
+    def trail(self, event_id: str) -> Deferred[list[dict]]:
+        """The event's steps in time order; empty if unknown or forgotten."""
 
     def replay(self, ids: Sequence[str] | None) -> Deferred[int]: ...
 
     def purge(self, ids: Sequence[str] | None) -> Deferred[int]: ...
+
+    # --- two-way messaging: outbound messages, conversations, USSD sessions
+    # (p2a_connector.outbound, p2a_connector.conversation).  Every write is
+    # durable before its Deferred fires, and atomic across instances.
+
+    def queue(self, messages: Sequence[Outbound]) -> Deferred[int]:
+        """Keep messages to send, due now; fires with how many were new."""
+
+    def outbound_due(
+        self,
+        now: float,
+        limit: int,
+        *,
+        operators: Collection[str] | None = None,
+        lease: float = 60.0,
+    ) -> Deferred[list[OutboundState]]:
+        """Take queued messages due at ``now``; not due again for ``lease``."""
+
+    def next_outbound_due(
+        self, *, operators: Collection[str] | None = None
+    ) -> Deferred[float | None]: ...
+
+    def outbound_progress(
+        self,
+        outbound_id: str,
+        *,
+        reference: int,
+        parts_sent: int,
+        message_ids: Sequence[str],
+    ) -> Deferred[None]: ...
+
+    def outbound_sent(
+        self, outbound_id: str, *, reference: int, message_ids: Sequence[str]
+    ) -> Deferred[None]: ...
+
+    def outbound_retry(
+        self,
+        outbound_id: str,
+        attempt: int,
+        next_at: float,
+        error: str,
+        *,
+        reference: int,
+        parts_sent: int,
+        message_ids: Sequence[str],
+    ) -> Deferred[None]: ...
+
+    def outbound_failed(
+        self, outbound_id: str, attempt: int, reason: str, event: Event
+    ) -> Deferred[None]:
+        """Fail a message for good and store its ``reply.failed`` event."""
+
+    def outbound(self, outbound_id: str) -> Deferred[OutboundState | None]: ...
+
+    def reply_for(self, message_id: str) -> Deferred[str | None]:
+        """The outbound id whose part the SMSC accepted as ``message_id``."""
+
+    def outbound_pending(self) -> int:
+        """Queued outbound messages, without I/O."""
+
+    def conversation_of(self, key: str) -> Deferred[dict | None]: ...
+
+    def end_session(self, key: str) -> Deferred[None]:
+        """Close a USSD session without a ``session.ended`` event."""

@@ -16,6 +16,7 @@ import sqlite3
 
 from twisted.python.failure import Failure
 
+from p2a_connector import conversation, trail
 from p2a_connector.spool import Assembler, Event, Reassemblies, Segment, SpoolLimit
 
 SCHEMA = """
@@ -94,6 +95,20 @@ class Reassembly:
         self._max_bytes = max_reassembly_bytes
         self.held = Reassemblies()
         self.working = self.held
+
+    def set_bounds(
+        self,
+        *,
+        max_reassemblies: int | None,
+        max_reassemblies_per_operator: int | None,
+        max_reassembly_bytes: int | None,
+    ) -> None:
+        """New bounds for the next segment (a configuration reload)."""
+        # Each is one attribute the spool's thread reads whole, so the
+        # reactor may replace it while a transaction runs.
+        self._max_reassemblies = max_reassemblies
+        self._max_per_operator = max_reassemblies_per_operator
+        self._max_bytes = max_reassembly_bytes
 
     def load(self, db: sqlite3.Connection) -> None:
         """Count what the file holds; once, when the spool opens."""
@@ -224,15 +239,18 @@ class Reassembly:
             " ORDER BY seqnum",
             (key,),
         ).fetchall()
-        event_id, event_type, body = self._assembler(
-            [json.loads(record) for record, _, _ in rows], complete
-        )
+        records = [json.loads(record) for record, _, _ in rows]
+        event_id, event_type, body = self._assembler(records, complete)
+        conversation_key, ussd = conversation.keys_of_body(event_type, body)
         event = Event(
             id=event_id,
             type=event_type,
             webhook=rows[0][1],
             body=body,
             created_at=now,
+            trail=trail.assembled(records, complete, now),
+            conversation=conversation_key,
+            ussd=ussd,
         )
         db.execute("DELETE FROM segment WHERE key = ?", (key,))
         operator = min(operator for _, _, operator in rows)

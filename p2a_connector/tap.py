@@ -7,7 +7,7 @@ from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
 
-from p2a_connector import config
+from p2a_connector import config, logs
 from p2a_connector.config import ROLES, ConfigError
 
 
@@ -31,6 +31,16 @@ class Options(usage.Options):
             self["loaded"] = config.load(self["config"])
         except ConfigError as e:
             raise usage.UsageError(f"{self['config']}: {e}") from None
+        log = self["loaded"].log
+        try:
+            self["log_observer"] = logs.configured(log)
+        except OSError as e:
+            raise usage.UsageError(
+                f"{self['config']}: log.file: cannot open {log.file}: {e.strerror}; "
+                "create its directory (LogsDirectory= does under systemd) and let "
+                "the daemon's user write there, or remove log.file to log to "
+                "standard output"
+            ) from None
         if self["role"] not in ROLES:
             raise usage.UsageError(
                 f"--role {self['role']!r} is not one of {', '.join(ROLES)}"
@@ -54,4 +64,11 @@ class ServiceMaker:
 
         from p2a_connector.service import Connector
 
-        return Connector(options["loaded"], reactor, role=options["role"])
+        return Connector(
+            options["loaded"],
+            reactor,
+            role=options["role"],
+            log_observer=options["log_observer"],
+            config_path=options["config"],
+            reload_on_sighup=True,
+        )

@@ -306,3 +306,85 @@ def test_an_admin_address_must_be_an_ip_address(tmp_path):
     text = MINIMAL + '\n[admin]\naddress = "localhost:80"\n'
 
     assert error_for(tmp_path, text).startswith("admin.address: 'localhost:80' is not")
+
+
+def test_trail_is_kept_a_week_by_default(tmp_path):
+    loaded = config.load(write(tmp_path, MINIMAL))
+
+    assert loaded.trail.spool_keep == 7 * 24 * 3600
+
+
+def test_trail_keep_and_enabled_are_read(tmp_path):
+    kept = config.load(write(tmp_path, MINIMAL + "\n[trail]\nkeep = 3600\n"))
+    off = config.load(write(tmp_path, MINIMAL + "\n[trail]\nenabled = false\n"))
+
+    assert kept.trail.spool_keep == 3600
+    assert off.trail.spool_keep is None
+
+
+def test_trail_keep_must_be_positive(tmp_path):
+    message = error_for(tmp_path, MINIMAL + "\n[trail]\nkeep = 0\n")
+
+    assert "trail.keep" in message
+
+
+def test_a_bind_sends_replies_with_these_defaults(tmp_path):
+    loaded = config.load(write(tmp_path, MINIMAL))
+
+    bind = loaded.operators[0].binds[0]
+    assert (bind.submit_rate, bind.submit_window, bind.submit_timeout) == (
+        20.0,
+        10,
+        30.0,
+    )
+    assert (bind.registered_delivery, bind.long_messages) == (1, "udh8")
+    assert bind.max_reply_parts == 10
+    assert loaded.outbound == config.OutboundConfig(1.0, 60.0, 3600.0, 5.0)
+
+
+def test_a_transmitter_bind_is_accepted(tmp_path):
+    text = MINIMAL.replace('mode = "transceiver"', 'mode = "transmitter"')
+
+    bind = config.load(write(tmp_path, text)).operators[0].binds[0]
+
+    assert bind.mode == "transmitter"
+    assert bind.transmits
+
+
+def test_the_reply_keys_of_a_bind_are_read(tmp_path):
+    text = MINIMAL + (
+        "submit_rate = 0\nsubmit_window = 4\nsubmit_timeout = 12\n"
+        'registered_delivery = 0\nlong_messages = "sar"\nmax_reply_parts = 3\n'
+        "[outbound]\nthrottle_delay = 2\nthrottle_max = 30\nretry_for = 600\n"
+        "no_bind_delay = 1\n"
+    )
+
+    loaded = config.load(write(tmp_path, text))
+
+    bind = loaded.operators[0].binds[0]
+    assert (bind.submit_rate, bind.submit_window, bind.submit_timeout) == (0, 4, 12)
+    assert (bind.registered_delivery, bind.long_messages) == (0, "sar")
+    assert bind.max_reply_parts == 3
+    assert loaded.outbound == config.OutboundConfig(2.0, 30.0, 600.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("submit_rate = -1", "operator[0].bind[0].submit_rate: must be 0"),
+        ("submit_window = 0", "operator[0].bind[0].submit_window: must be greater"),
+        ("registered_delivery = 3", "operator[0].bind[0].registered_delivery: 3 is"),
+        ('long_messages = "udh7"', "operator[0].bind[0].long_messages: 'udh7' is"),
+        ("max_reply_parts = 256", "operator[0].bind[0].max_reply_parts: 256 is more"),
+    ],
+)
+def test_a_bad_reply_key_of_a_bind_is_named(tmp_path, line, message):
+    assert message in error_for(tmp_path, MINIMAL + line + "\n")
+
+
+def test_throttle_max_below_throttle_delay_is_refused(tmp_path):
+    text = MINIMAL + "[outbound]\nthrottle_delay = 10\nthrottle_max = 5\n"
+
+    assert "outbound.throttle_max: 5 is less than throttle_delay" in error_for(
+        tmp_path, text
+    )

@@ -119,6 +119,7 @@ def test_single_message_data():
             "tlvs": {},
         },
         "session": None,
+        "conversation": None,
     }
 
 

@@ -13,11 +13,19 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock, deferLater
 
 from p2a_connector import pdu
+from p2a_connector.metrics import Metrics
 from p2a_connector.models import TLV, Address
-from p2a_connector.session import BindRefused, BindTimeout, ESMEProtocol
+from p2a_connector.session import (
+    BindRefused,
+    BindTimeout,
+    ESMEProtocol,
+    NotTransmitting,
+    SubmitTimeout,
+)
 from p2a_connector.smpp_status import ESME_ROK, status_code
 
 
@@ -399,3 +407,171 @@ def test_window_full_pauses_reading_until_a_handler_finishes(
 
     yield smpp_wait(release_all)
     assert (yield answered) == [ESME_ROK] * 5
+
+
+# --- submit_sm ----------------------------------------------------------
+
+
+def submit_fields(text: bytes = b"hello") -> dict:
+    return {
+        "source": Address("4477", 0, 1),
+        "destination": Address("447700900001", 1, 1),
+        "registered_delivery": 1,
+        "short_message": text,
+    }
+
+
+@inlineCallbacks
+def silent_smsc(smpp_simulator):
+    """The simulator's bound session, no longer reading: nothing is answered."""
+    smsc = yield smpp_simulator.whenBound()
+    smsc.transport.pauseProducing()
+    return smsc
+
+
+@pytest_twisted.inlineCallbacks
+def test_binds_as_transmitter(smpp_simulator, smpp_bind):
+    yield bound(smpp_bind(mode="transmitter"))
+
+    assert smpp_simulator.commands() == ["bind_transmitter"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_submit_sm_fires_with_the_message_id_the_smsc_gave(smpp_simulator, smpp_bind):
+    session = yield bound(smpp_bind(mode="transmitter"))
+
+    result = yield session.submit_sm(**submit_fields(b"hello"))
+
+    [submitted] = smpp_simulator.submits
+    assert result.ok
+    assert result.message_id == submitted.message_id == "sim000001"
+    assert submitted.pdu.short_message == b"hello"
+    assert submitted.pdu.destination == Address("447700900001", 1, 1)
+    assert submitted.pdu.registered_delivery == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_submit_sm_fires_with_an_error_status_rather_than_failing(
+    smpp_simulator, smpp_bind
+):
+    smpp_simulator.submit_statuses = [status_code("ESME_RINVDSTADR")]
+    session = yield bound(smpp_bind())
+
+    result = yield session.submit_sm(**submit_fields())
+
+    assert not result.ok
+    assert result.status_name == "ESME_RINVDSTADR"
+    assert result.message_id == ""
+
+
+@pytest_twisted.inlineCallbacks
+def test_submit_sm_beyond_the_window_waits_for_a_free_slot(smpp_simulator, smpp_bind):
+    # Nothing is answered, so only the timeouts free the window: the third
+    # submit_sm is sent, and its timeout started, when the first two end.
+    clock = Clock()
+    session = yield bound(smpp_bind(submit_window=2, submit_timeout=30), clock=clock)
+    yield silent_smsc(smpp_simulator)
+    first, second, third = (session.submit_sm(**submit_fields()) for _ in range(3))
+    for d in (first, second, third):
+        d.addErrback(lambda f: f.trap(SubmitTimeout) and None)
+
+    clock.advance(30)
+    assert first.called and second.called
+    assert session.submits_outstanding() == 1
+
+    clock.advance(29)
+    assert not third.called
+    clock.advance(1)
+    assert third.called
+    assert session.submits_outstanding() == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_submit_sm_waiting_for_the_window_go_out_in_call_order(
+    smpp_simulator, smpp_bind
+):
+    session = yield bound(smpp_bind(submit_window=1))
+
+    yield gatherResults(
+        [session.submit_sm(**submit_fields(b"m%d" % n)) for n in range(5)]
+    )
+
+    texts = [s.pdu.short_message for s in smpp_simulator.submits]
+    assert texts == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_unanswered_submit_sm_fails_with_submit_timeout(smpp_simulator, smpp_bind):
+    clock = Clock()
+    session = yield bound(smpp_bind(submit_timeout=30), clock=clock)
+    yield silent_smsc(smpp_simulator)
+    submitted = session.submit_sm(**submit_fields())
+
+    clock.advance(30)
+
+    with pytest.raises(SubmitTimeout, match="no submit_sm_resp within 30 s"):
+        yield submitted
+    assert session.state == "bound"
+
+
+@pytest_twisted.inlineCallbacks
+def test_outstanding_and_waiting_submit_sm_fail_when_the_connection_is_lost(
+    smpp_simulator, smpp_bind
+):
+    session = yield bound(smpp_bind(submit_window=1))
+    smsc = yield silent_smsc(smpp_simulator)
+    sent = session.submit_sm(**submit_fields())
+    waiting = session.submit_sm(**submit_fields())
+
+    smsc.transport.abortConnection()
+
+    with pytest.raises(ConnectionLost):
+        yield sent
+    with pytest.raises(ConnectionLost):
+        yield waiting
+    assert session.submits_outstanding() == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_submit_sm_on_a_receiver_bind_raises_at_once(smpp_simulator, smpp_bind):
+    session = yield bound(smpp_bind(mode="receiver"))
+
+    with pytest.raises(NotTransmitting, match="receiver bind"):
+        session.submit_sm(**submit_fields())
+    assert smpp_simulator.submits == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_transmitter_bind_answers_a_deliver_sm_it_gets_anyway(
+    smpp_simulator, smpp_bind
+):
+    recorder = Recorder()
+    yield bound(smpp_bind(mode="transmitter"), recorder)
+
+    status = yield smpp_simulator.deliver(short_message=b"stray")
+
+    assert status == ESME_ROK
+    assert [mo.short_message for mo in recorder.received] == [b"stray"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_submit_sm_results_are_counted_by_status(smpp_simulator, smpp_bind):
+    metrics = Metrics()
+    bind = smpp_bind()
+    smpp_simulator.submit_statuses = [status_code("ESME_RTHROTTLED")]
+    session = ESMEProtocol(bind, Recorder(), reactor, metrics.bind("test", bind.name))
+    endpoint = TCP4ClientEndpoint(reactor, bind.host, bind.port)
+    yield connectProtocol(endpoint, session)
+    yield session.bindESME()
+
+    yield session.submit_sm(**submit_fields())
+    yield session.submit_sm(**submit_fields())
+
+    def count(status):
+        return metrics.registry.get_sample_value(
+            "p2a_submits_total",
+            {"operator": "test", "bind": bind.name, "status": status},
+        )
+
+    assert count("ESME_RTHROTTLED") == 1
+    assert count("ESME_ROK") == 1

@@ -14,6 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 
+from p2a_connector import conversation
+from p2a_connector.outbound import Outbound, reply_id
 from p2a_connector.redis_spool import RedisSpool
 from p2a_connector.spool import Event, Reassemblies, Segment, SpoolError, SpoolLimit
 from p2a_connector.sqlite_spool import SqliteSpool
@@ -47,13 +49,14 @@ def event(event_id: str, webhook: str = "app") -> Event:
 def segment(
     ref: str, seqnum: int, total: int, at: float = 0.0, operator: str = "op1"
 ) -> Segment:
+    at = at or reactor.seconds()
     return Segment(
         key=f"{operator}|447700900001|88000|{ref}|{total}",
         seqnum=seqnum,
         total=total,
-        record={"ref": ref, "text": f"<{ref}.{seqnum}>"},
+        record={"ref": ref, "text": f"<{ref}.{seqnum}>", "received_at": int(at)},
         webhook="app",
-        received_at=at or reactor.seconds(),
+        received_at=at,
         operator=operator,
     )
 
@@ -402,6 +405,96 @@ async def test_pending_counts_survive_reopening(backend, spool):
     assert again.pending() == 2
 
 
+# --- trail ------------------------------------------------------------------------
+
+
+def steps(trail: list[dict]) -> list[str]:
+    return [s["step"] for s in trail]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_trail_follows_an_event_from_receipt_to_delivery(spool):
+    received = {"at": reactor.seconds() - 1, "step": "received", "bind": "smsc-a"}
+    e = event("msg_1")
+    await spool.store(Event(e.id, e.type, e.webhook, e.body, e.created_at, (received,)))
+    await spool.retry("msg_1", 1, reactor.seconds() + 5, "HTTP 503", {"status": 503})
+    await spool.delivered("msg_1", {"attempt": 2, "status": 200})
+
+    trail = await spool.trail("msg_1")
+
+    assert steps(trail) == ["received", "stored", "attempt_failed", "delivered"]
+    assert trail[0]["bind"] == "smsc-a"
+    assert trail[1]["webhook"] == "app"
+    assert (trail[2]["attempt"], trail[2]["status"]) == (1, 503)
+    assert trail[2]["error"] == "HTTP 503"
+    assert (trail[3]["attempt"], trail[3]["status"]) == (2, 200)
+    assert [s["at"] for s in trail] == sorted(s["at"] for s in trail)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_assembled_event_has_a_received_step_per_segment(spool, assembler):
+    await spool.store(segment("r1", 2, 2))
+    event_ = await spool.store(segment("r1", 1, 2))
+
+    trail = await spool.trail(event_.id)
+
+    assert steps(trail) == ["received", "received", "stored"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_event_says_its_reassembly_timed_out(spool, assembler):
+    await spool.store(segment("r1", 1, 3, at=reactor.seconds() - 100))
+
+    [expired] = await spool.expire(reactor.seconds() - 50)
+
+    trail = await spool.trail(expired.id)
+    assert steps(trail) == ["received", "reassembly_timed_out", "stored"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_letter_replay_and_purge_are_in_the_trail(spool):
+    await spool.store(event("msg_1"))
+    await spool.dead("msg_1", 1, "HTTP 400", {"status": 400})
+    await spool.replay(None)
+    await spool.dead("msg_1", 2, "HTTP 400")
+    await spool.purge(["msg_1"])
+
+    trail = await spool.trail("msg_1")
+
+    assert steps(trail) == [
+        "stored",
+        "dead_lettered",
+        "replayed",
+        "dead_lettered",
+        "purged",
+    ]
+    assert trail[1]["reason"] == "HTTP 400"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_event_has_an_empty_trail(spool):
+    assert await spool.trail("msg_unknown") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spool_without_trail_keeps_none(backend):
+    spool = await backend.open(trail_keep=None)
+    await spool.store(event("msg_1"))
+    await spool.delivered("msg_1")
+
+    assert await spool.trail("msg_1") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_letter_count_counts_dead_letters(spool):
+    for n in range(3):
+        await spool.store(event(f"msg_{n}"))
+    await spool.dead("msg_0", 1, "HTTP 400")
+    await spool.dead("msg_2", 1, "HTTP 400")
+
+    assert await spool.dead_letter_count() == 2
+
+
 # --- limits ----------------------------------------------------------------------
 
 
@@ -652,3 +745,363 @@ async def test_after_redis_restarts_events_are_kept_and_stores_work_again(
     assert {e.id for e in due} == {"msg_before", "msg_after", "msg_r1"}
     assert spool.pending() == 3
     await spool.close()
+
+
+# --- two-way messaging: the outbound queue ---------------------------------------
+
+
+def reply(index: int = 0, event_id: str = "msg_in", operator: str = "op1"):
+    return Outbound(
+        id=reply_id(event_id, index),
+        operator=operator,
+        source={"address": "88000", "ton": 0, "npi": 1},
+        destination={"address": "447700900001", "ton": 1, "npi": 1},
+        text=f"reply {index}",
+        webhook="app",
+        created_at=1_800_000_000.5,
+        in_reply_to=event_id,
+    )
+
+
+def failed_event(outbound_id: str) -> Event:
+    body = json.dumps({"type": "reply.failed", "data": {"id": outbound_id}}).encode()
+    return Event("msg_failed", "reply.failed", "app", body, reactor.seconds())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reply_queued_with_its_delivery_is_due(spool):
+    await spool.store(event("msg_in"))
+
+    await spool.delivered("msg_in", None, [reply(0), reply(1)])
+
+    due = await spool.outbound_due(reactor.seconds(), 10)
+    assert [s.message.id for s in due] == [reply(0).id, reply(1).id]
+    assert [s.state for s in due] == ["queued", "queued"]
+    assert due[0].message == reply(0)
+    assert spool.pending() == 0
+    assert spool.outbound_pending() == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reply_queued_by_two_deliveries_of_one_event_is_one_message(spool):
+    await spool.store(event("msg_in"))
+
+    await spool.delivered("msg_in", None, [reply(0)])
+    await spool.delivered("msg_in", None, [reply(0)])
+
+    assert len(await spool.outbound_due(reactor.seconds(), 10)) == 1
+    assert spool.outbound_pending() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_counts_only_new_messages(spool):
+    assert await spool.queue([reply(0), reply(1)]) == 2
+    assert await spool.queue([reply(1), reply(2)]) == 1
+    assert spool.outbound_pending() == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_outbound_due_takes_messages_until_the_lease_ends(spool):
+    await spool.queue([reply(0)])
+    now = reactor.seconds()
+
+    first = await spool.outbound_due(now, 10, lease=30.0)
+    second = await spool.outbound_due(now, 10, lease=30.0)
+    after = await spool.outbound_due(now + 30.0, 10)
+
+    assert [s.message.id for s in first] == [reply(0).id]
+    assert second == []
+    assert [s.message.id for s in after] == [reply(0).id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_outbound_due_takes_only_the_named_operators(spool):
+    await spool.queue([reply(0, operator="op1"), reply(1, operator="op2")])
+    now = reactor.seconds()
+
+    taken = await spool.outbound_due(now, 10, operators=["op2"])
+
+    assert [s.message.operator for s in taken] == ["op2"]
+    assert await spool.next_outbound_due(operators=["op1"]) <= now
+    assert await spool.next_outbound_due(operators=["op3"]) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_next_outbound_due_is_the_end_of_a_lease(spool):
+    assert await spool.next_outbound_due() is None
+    await spool.queue([reply(0)])
+    now = reactor.seconds()
+
+    await spool.outbound_due(now, 10, lease=45.0)
+
+    assert await spool.next_outbound_due() == now + 45.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress_and_retry_keep_where_the_sending_is(spool):
+    await spool.queue([reply(0)])
+    now = reactor.seconds()
+    await spool.outbound_due(now, 10)
+
+    await spool.outbound_progress(
+        reply(0).id, reference=77, parts_sent=1, message_ids=["m1"]
+    )
+    await spool.outbound_retry(
+        reply(0).id,
+        1,
+        now + 100,
+        "ESME_RTHROTTLED",
+        reference=77,
+        parts_sent=2,
+        message_ids=["m1", "m2"],
+    )
+
+    assert await spool.outbound_due(now + 99, 10) == []
+    [again] = await spool.outbound_due(now + 100, 10)
+    assert (again.reference, again.parts_sent, again.message_ids) == (
+        77,
+        2,
+        ("m1", "m2"),
+    )
+    assert (again.attempt, again.error) == (1, "ESME_RTHROTTLED")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sent_message_is_found_by_each_part_message_id(spool):
+    await spool.queue([reply(0)])
+
+    await spool.outbound_sent(reply(0).id, reference=5, message_ids=["m1", "m2"])
+
+    state = await spool.outbound(reply(0).id)
+    assert (state.state, state.message_ids, state.parts_sent) == (
+        "sent",
+        ("m1", "m2"),
+        2,
+    )
+    assert state.sent_at is not None
+    assert await spool.reply_for("m2") == reply(0).id
+    assert await spool.reply_for("m_unknown") is None
+    assert await spool.outbound_due(reactor.seconds(), 10) == []
+    assert spool.outbound_pending() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_message_stores_its_reply_failed_event(spool):
+    await spool.queue([reply(0)])
+
+    await spool.outbound_failed(reply(0).id, 3, "ESME_RINVDSTADR", failed_event("x"))
+
+    state = await spool.outbound(reply(0).id)
+    assert (state.state, state.attempt, state.error) == (
+        "failed",
+        3,
+        "ESME_RINVDSTADR",
+    )
+    [due] = await spool.due(reactor.seconds(), 10)
+    assert (due.id, due.type) == ("msg_failed", "reply.failed")
+    assert spool.pending() == 1
+    assert spool.outbound_pending() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outbound_message_has_a_trail(spool):
+    await spool.queue([reply(0)])
+    await spool.outbound_progress(
+        reply(0).id, reference=5, parts_sent=1, message_ids=["m1"]
+    )
+    await spool.outbound_retry(
+        reply(0).id, 1, 0.0, "throttled", reference=5, parts_sent=1, message_ids=["m1"]
+    )
+    await spool.outbound_sent(reply(0).id, reference=5, message_ids=["m1", "m2"])
+
+    trail = await spool.trail(reply(0).id)
+
+    assert steps(trail) == ["queued", "part_sent", "retry", "sent"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sent_messages_are_forgotten_after_outbound_keep(backend):
+    spool = await backend.open(outbound_keep=0.001)
+    await spool.queue([reply(0), reply(1)])
+    await spool.outbound_sent(reply(0).id, reference=5, message_ids=["m1"])
+    await _tick(0.01)
+
+    await spool.expire(0.0)
+
+    assert await spool.outbound(reply(0).id) is None
+    assert (await spool.outbound(reply(1).id)).state == "queued"
+    assert spool.outbound_pending() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_queued_messages_survive_reopening(backend, spool):
+    await spool.queue([reply(0)])
+
+    again = await reopened(backend, spool)
+
+    assert again.outbound_pending() == 1
+    assert (await again.outbound(reply(0).id)).message == reply(0)
+
+
+# --- two-way messaging: conversations and USSD sessions -----------------------------
+
+
+def message(event_id: str, at: float, source: str = "447700900001", session=None):
+    key, ussd = conversation.keys(
+        "message.received",
+        {
+            "operator": "op1",
+            "from": {"address": source, "ton": 1, "npi": 1},
+            "to": {"address": "88000", "ton": 0, "npi": 1},
+            "session": session,
+        },
+    )
+    body = json.dumps(
+        {"type": "message.received", "data": {"id": event_id, "conversation": None}},
+        separators=(",", ":"),
+    ).encode()
+    return Event(
+        event_id, "message.received", "app", body, at, conversation=key, ussd=ussd
+    )
+
+
+def conversation_in(stored: Event) -> dict:
+    return json.loads(stored.body)["data"]["conversation"]
+
+
+async def conversation_due(spool, event_id: str) -> dict:
+    due = {e.id: e for e in await spool.due(reactor.seconds(), 100)}
+    return json.loads(due[event_id].body)["data"]["conversation"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_of_one_person_make_turns_of_one_conversation(spool):
+    now = reactor.seconds()
+    first = await spool.store(message("msg_1", now - 10))
+    second = await spool.store(message("msg_2", now))
+
+    assert conversation_in(first)["turn"] == 1
+    assert conversation_in(second)["turn"] == 2
+    assert conversation_in(second)["id"] == conversation_in(first)["id"]
+    assert conversation_in(second)["id"].startswith("cnv_")
+    assert await conversation_due(spool, "msg_2") == conversation_in(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_after_conversation_idle_starts_a_new_conversation(backend):
+    spool = await backend.open(conversation_idle=100.0)
+    now = reactor.seconds()
+    first = await spool.store(message("msg_1", now - 101))
+    second = await spool.store(message("msg_2", now))
+
+    assert conversation_in(second)["turn"] == 1
+    assert conversation_in(second)["id"] != conversation_in(first)["id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_store_does_not_advance_the_turn(spool):
+    now = reactor.seconds()
+    await spool.store(message("msg_1", now))
+    assert await spool.store(message("msg_1", now)) is None
+
+    kept = await spool.conversation_of("op1|447700900001|88000")
+
+    assert kept["turn"] == 1
+    assert kept["last_at"] == now
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_person_has_another_conversation(spool):
+    now = reactor.seconds()
+    first = await spool.store(message("msg_1", now))
+    other = await spool.store(message("msg_2", now, source="447700900002"))
+
+    assert conversation_in(other)["turn"] == 1
+    assert conversation_in(other)["id"] != conversation_in(first)["id"]
+
+
+USSD = {"id": 7, "op": "pssr_indication", "sequence": 1, "end": False}
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_ussd_session_ends_with_one_session_ended_event(backend):
+    spool = await backend.open(ussd_idle=60.0)
+    await spool.store(message("msg_1", reactor.seconds() - 61, session=USSD))
+
+    ended = await spool.expire(0.0)
+    again = await spool.expire(0.0)
+
+    [event_] = ended
+    assert again == []
+    assert (event_.type, event_.webhook) == ("session.ended", "app")
+    data = json.loads(event_.body)["data"]
+    assert (data["reason"], data["last_message_id"]) == ("timeout", "msg_1")
+    assert data["session"] == USSD
+    assert data["from"]["address"] == "447700900001"
+    assert event_.id in {e.id for e in await spool.due(reactor.seconds(), 10)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recent_ussd_session_stays_open(backend):
+    spool = await backend.open(ussd_idle=60.0)
+    await spool.store(message("msg_1", reactor.seconds() - 30, session=USSD))
+
+    assert await spool.expire(0.0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ussd_session_ended_by_its_message_or_a_reply_has_no_event(backend):
+    spool = await backend.open(ussd_idle=60.0)
+    old = reactor.seconds() - 61
+    await spool.store(message("msg_1", old, session=USSD | {"end": True}))
+    await spool.store(message("msg_2", old, source="447700900002", session=USSD))
+
+    await spool.end_session("op1|447700900002|7")
+
+    assert await spool.expire(0.0) == []
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_two_instances_storing_one_persons_messages_give_consecutive_turns(
+    instances,
+):
+    first, second = instances
+    now = reactor.seconds()
+
+    stored = await gatherResults(
+        [(first if n % 2 else second).store(message(f"msg_{n}", now)) for n in range(6)]
+    )
+
+    turns = sorted(conversation_in(e)["turn"] for e in stored)
+    assert turns == [1, 2, 3, 4, 5, 6]
+    assert len({conversation_in(e)["id"] for e in stored}) == 1
+
+
+class ConversingAssembler(Assembler):
+    """Makes message.received bodies with the placeholder, as build_event does."""
+
+    def __call__(self, records, complete):
+        event_id, event_type, _ = super().__call__(records, complete)
+        data = {
+            "id": event_id,
+            "from": {"address": "447700900001"},
+            "to": {"address": "88000"},
+            "operator": "op1",
+            "session": None,
+            "conversation": None,
+        }
+        body = json.dumps({"type": event_type, "data": data}, separators=(",", ":"))
+        return event_id, event_type, body.encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_assembled_message_continues_the_senders_conversation(backend):
+    spool = await backend.open(ConversingAssembler())
+    single = await spool.store(message("msg_1", reactor.seconds()))
+
+    await spool.store(segment("r1", 1, 2))
+    assembled = await spool.store(segment("r1", 2, 2))
+
+    assert conversation_in(assembled)["turn"] == 2
+    assert conversation_in(assembled)["id"] == conversation_in(single)["id"]
