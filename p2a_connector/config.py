@@ -865,10 +865,11 @@ def _admin(s: _Section) -> AdminConfig:
 
 
 def _admin_token(s: _Section) -> str | None:
-    if "token" not in s.data and "token_file" not in s.data:
+    if not {"token", "token_file", "token_credential"} & set(s.data):
         return None
-    token = s.secret("token", "token_file")
-    key = s.key("token_file" if "token_file" in s.data else "token")
+    token = s.secret("token", "token_file", "token_credential")
+    given = [k for k in ("token_file", "token_credential") if k in s.data]
+    key = s.key(given[0] if given else "token")
     if len(token) < MIN_ADMIN_TOKEN:
         raise ConfigError(
             f"{key}: the token has {len(token)} characters, fewer than "

@@ -40,6 +40,7 @@ from twisted.internet.defer import (
     Deferred,
     ensureDeferred,
     fail,
+    gatherResults,
 )
 from twisted.internet.defer import (
     TimeoutError as DeferredTimeout,
@@ -869,15 +870,35 @@ class RedisSpool:
         parts_sent: int,
         message_ids: Sequence[str],
     ) -> Deferred[None]:
-        """Some parts were accepted: a retry goes on from ``parts_sent``."""
+        """
+        Some parts were accepted: a retry goes on from ``parts_sent``, and
+        their message_ids find the message already (a receipt can overtake
+        the last part).
+        """
         step = trail.step(self._reactor.seconds(), "part_sent", parts_sent=parts_sent)
-        return self._outbound_update(
+        # Sent before the update, on the same connection, so that a receipt
+        # looked up after this call returns finds them.  True whatever the
+        # update does: the SMSC did accept these parts.
+        indexed = [
+            self._command(
+                "SET",
+                self._keys + "rcpt:" + message_id,
+                outbound_id,
+                "PX",
+                self._receipt_keep,
+            )
+            for message_id in message_ids
+        ]
+        updated = self._outbound_update(
             outbound_id,
             step,
             "",
             reference=reference,
             parts_sent=parts_sent,
             message_ids=json.dumps(list(message_ids)),
+        )
+        return gatherResults([*indexed, updated], consumeErrors=True).addCallbacks(
+            lambda _: None, lambda failure: failure.value.subFailure
         )
 
     def outbound_retry(

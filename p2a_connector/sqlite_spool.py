@@ -861,15 +861,25 @@ class SqliteSpool:
         parts_sent: int,
         message_ids: Sequence[str],
     ) -> Deferred[None]:
-        """Some parts were accepted: a retry goes on from ``parts_sent``."""
-        ids = json.dumps(list(message_ids))
-        step = trail.step(self._reactor.seconds(), "part_sent", parts_sent=parts_sent)
-        return self._outbound_update(
-            outbound_id,
-            "reference = ?, parts_sent = ?, message_ids = ?",
-            (reference, parts_sent, ids),
-            step,
+        """
+        Some parts were accepted: a retry goes on from ``parts_sent``, and
+        their message_ids find the message already (a receipt can overtake
+        the last part).
+        """
+        now = self._reactor.seconds()
+        args = (reference, parts_sent, json.dumps(list(message_ids)))
+        steps = self._trail_rows(
+            outbound_id, trail.step(now, "part_sent", parts_sent=parts_sent)
         )
+
+        def write(db: sqlite3.Connection) -> tuple[None, int]:
+            assignments = "reference = ?, parts_sent = ?, message_ids = ?"
+            if sqlite_outbound.update(db, outbound_id, assignments, args):
+                sqlite_outbound.index_receipts(db, outbound_id, message_ids, now)
+                _note(db, steps)
+            return None, 0
+
+        return self._write(write)
 
     def outbound_sent(
         self, outbound_id: str, *, reference: int, message_ids: Sequence[str]
@@ -985,11 +995,13 @@ class SqliteSpool:
         sql = "SELECT outbound_id FROM receipt WHERE message_id = ? AND at >= ?"
         since = self._reactor.seconds() - self._receipt_keep
 
-        def read() -> str | None:
-            rows = self._read(sql, (message_id, since))
-            return rows[0][0] if rows else None
+        def read(db: sqlite3.Connection) -> tuple[str | None, int]:
+            rows = db.execute(sql, (message_id, since)).fetchall()
+            return (rows[0][0] if rows else None), 0
 
-        return self._in_thread(read)
+        # Queued behind the writes, not read at once: a receipt can arrive
+        # while the write recording its part's message_id waits to commit.
+        return self._write(read, single=True)
 
     def outbound_pending(self) -> int:
         """How many outbound messages are queued, without touching the disk."""

@@ -388,3 +388,15 @@ def test_throttle_max_below_throttle_delay_is_refused(tmp_path):
     assert "outbound.throttle_max: 5 is less than throttle_delay" in error_for(
         tmp_path, text
     )
+
+
+def test_the_annotated_example_file_loads(tmp_path):
+    example = Path(__file__).parent.parent / "etc" / "connector.toml"
+    copy = tmp_path / "connector.toml"
+    copy.write_text(example.read_text())
+    (tmp_path / "acme.password").write_text("secret\n")
+
+    loaded = config.load(copy)
+
+    assert loaded.outbound.receipt_keep == 259200
+    assert loaded.conversation.idle_timeout == 1800

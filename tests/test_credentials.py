@@ -143,3 +143,14 @@ def test_a_credential_password_is_held_to_smpp_length(tmp_path, credentials):
     message = error_for(tmp_path, text('password_credential = "smsc-a"'))
 
     assert message == "operator[0].bind[0].password: longer than SMPP's 8 characters"
+
+
+def test_admin_token_is_read_from_the_named_credential(tmp_path, credentials):
+    (credentials / "admin-token").write_text("a-long-enough-admin-token\n")
+
+    loaded = load(
+        tmp_path,
+        text('password = "secret"') + '\n[admin]\ntoken_credential = "admin-token"\n',
+    )
+
+    assert loaded.admin.token == "a-long-enough-admin-token"

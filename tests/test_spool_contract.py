@@ -886,6 +886,19 @@ async def test_a_sent_message_is_found_by_each_part_message_id(spool):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_part_accepted_before_the_last_is_found_by_its_message_id(spool):
+    await spool.queue([reply(0)])
+
+    progress = spool.outbound_progress(
+        reply(0).id, reference=5, parts_sent=1, message_ids=["m1"]
+    )
+    found = spool.reply_for("m1")
+
+    await progress
+    assert await found == reply(0).id
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_failed_message_stores_its_reply_failed_event(spool):
     await spool.queue([reply(0)])
 

@@ -249,3 +249,49 @@ async def test_the_outbound_api_is_refused_without_an_admin_token(
 
     assert response.code == 403
     assert "admin.token" in (await response.json())["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_receipt_of_a_reply_names_the_reply(
+    daemon,  # noqa: F811
+    smsc,  # noqa: F811
+    receiver,
+):
+    smsc.send_receipts = True
+    receiver.script(answer({"reply": {"text": "tracked"}}))
+    process = daemon()
+    await bound(smsc, process)
+
+    assert await deliver(smsc, traffic.split("hi", "gsm7", None)[0]) == ESME_ROK
+    (part,) = await submitted(smsc, 1, process)
+    await until(lambda: len(events(receiver)) == 2, what="the receipt's event")
+
+    receipt = next(
+        e for e in events(receiver).values() if e["type"] == "receipt.received"
+    )
+    message = next(
+        e for e in events(receiver).values() if e["type"] == "message.received"
+    )
+    assert receipt["data"]["receipt"]["message_id"] == part.message_id
+    assert receipt["data"]["reply_id"].startswith("rpl_")
+    assert part.pdu.registered_delivery == 1
+    assert message["data"]["conversation"]["turn"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_of_one_person_carry_one_conversation_in_turns(
+    daemon,  # noqa: F811
+    smsc,  # noqa: F811
+    receiver,
+):
+    process = daemon()
+    await bound(smsc, process)
+
+    for text in ("one", "two", "three"):
+        assert await deliver(smsc, traffic.split(text, "gsm7", None)[0]) == ESME_ROK
+    await until(lambda: len(events(receiver)) == 3, what="three events")
+
+    conversations = [e["data"]["conversation"] for e in events(receiver).values()]
+    assert sorted(c["turn"] for c in conversations) == [1, 2, 3]
+    assert len({c["id"] for c in conversations}) == 1
+    assert conversations[0]["id"].startswith("cnv_")
