@@ -164,6 +164,8 @@ class SpoolConfig:
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_master: str = "mymaster"
     claim_idle: float = 60.0
+    wait_replicas: int = 0
+    wait_timeout: float = 0.5
 
 
 @attrs.frozen
@@ -521,6 +523,10 @@ def _unique(where: str, names: list[str]) -> None:
         seen.add(name)
 
 
+# RedisSpool's default per-command timeout; WAIT must end within it.
+REDIS_COMMAND_TIMEOUT = 1.0
+
+
 def _spool(s: _Section) -> SpoolConfig:
     sd = _defaults(SpoolConfig)
     backend = s.choice("backend", ("sqlite", "redis"), "sqlite")
@@ -548,7 +554,19 @@ def _spool(s: _Section) -> SpoolConfig:
         sentinels=_sentinels(s),
         sentinel_master=s.get("sentinel_master", str, sd["sentinel_master"]),
         claim_idle=s.positive("claim_idle", float, sd["claim_idle"]),
+        wait_replicas=s.get("wait_replicas", int, sd["wait_replicas"]),
+        wait_timeout=s.positive("wait_timeout", float, sd["wait_timeout"]),
     )
+    if config.wait_replicas < 0:
+        raise ConfigError(
+            f"{s.key('wait_replicas')}: {config.wait_replicas} is not a number "
+            "of replicas (0: do not wait)"
+        )
+    if config.wait_timeout >= REDIS_COMMAND_TIMEOUT:
+        raise ConfigError(
+            f"{s.key('wait_timeout')}: {config.wait_timeout:g} s must be below "
+            f"{REDIS_COMMAND_TIMEOUT:g} s, the most any Redis command may take"
+        )
     s.finish()
     return config
 

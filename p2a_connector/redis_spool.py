@@ -128,6 +128,8 @@ class RedisSpool:
         sentinel_master: str = "mymaster",
         consumer: str | None = None,
         claim_idle: float = 60.0,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
         timeout: float = 1.0,
         refresh_interval: float = 5.0,
         completed_ttl: float = 600.0,
@@ -157,6 +159,8 @@ class RedisSpool:
             f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         )
         self._claim_idle = claim_idle
+        self._wait_replicas = wait_replicas
+        self._wait_timeout = wait_timeout
         self._timeout = timeout
         self._refresh_interval = refresh_interval
         self._completed_ttl = completed_ttl
@@ -332,10 +336,32 @@ class RedisSpool:
         past a bound, and with `SpoolError` when Redis does not answer.
         """
         if isinstance(item, Event):
-            return ensureDeferred(self._store_event(item))
+            return ensureDeferred(self._replicated(self._store_event(item)))
         if isinstance(item, Segment):
-            return ensureDeferred(self._store_segment(item))
+            return ensureDeferred(self._replicated(self._store_segment(item)))
         raise TypeError(f"the spool stores Event or Segment, not {type(item)!r}")
+
+    async def _replicated(self, stored: Any) -> Event | None:
+        """
+        What ``stored`` gives, once ``wait_replicas`` replicas have every write
+        this connection made (Redis WAIT); else SpoolError, so the SMSC is
+        answered the busy status and offers the PDU again.  A segment offered
+        again is recognised; a single message is stored again, so it may be
+        delivered twice: that, not a loss, is the price of a slow replica.
+        """
+        result = await stored
+        if self._wait_replicas == 0:
+            return result
+        acknowledged = await self._command(
+            "WAIT", self._wait_replicas, round(self._wait_timeout * 1000)
+        )
+        if int(acknowledged) < self._wait_replicas:
+            raise SpoolError(
+                f"spool {self.where}: {acknowledged} of {self._wait_replicas} "
+                f"replicas had the write within {self._wait_timeout:g} s "
+                "(spool.wait_replicas); not acknowledged, the SMSC will retry"
+            )
+        return result
 
     async def _store_event(self, event: Event) -> Event | None:
         status, extra = await self._counted(

@@ -49,6 +49,8 @@ def spool_from_config(
             sentinels=config.sentinels,
             sentinel_master=config.sentinel_master,
             claim_idle=config.claim_idle,
+            wait_replicas=config.wait_replicas,
+            wait_timeout=config.wait_timeout,
             completed_ttl=completed_ttl,
             trail_keep=trail_keep,
             **bounds,

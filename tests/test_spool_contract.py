@@ -9,6 +9,7 @@ import os
 
 import pytest
 import pytest_twisted
+import txredisapi
 from redis_server import RedisServer, available
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
@@ -688,6 +689,60 @@ def own_redis(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_with_wait_replicas_a_store_fires_once_the_replica_has_it(
+    own_redis, tmp_path
+):
+    master = await txredisapi.Connection("127.0.0.1", own_redis.port, reconnect=False)
+    # Redis waits 5 s for more replicas before a first sync, by default.
+    await master.execute_command("CONFIG", "SET", "repl-diskless-sync-delay", "0")
+    await master.disconnect()
+    replica = RedisServer(tmp_path / "replica", replica_of=own_redis.port)
+    replica.start()
+    try:
+        spool = RedisSpool(
+            own_redis.url, Assembler(), reactor, prefix="w", wait_replicas=1
+        )
+        await spool.open()
+        # The replica must have finished its first sync before WAIT counts it.
+        for _ in range(100):
+            try:
+                await spool.store(event("msg_probe"))
+                break
+            except SpoolError:
+                await _tick(0.05)
+
+        assert await spool.store(event("msg_1")) is not None
+        await spool.close()
+        # Read the replica directly: a spool would try to write to it.
+        connection = await txredisapi.Connection(
+            "127.0.0.1", replica.port, reconnect=False
+        )
+        state = await connection.hget("{w}:ev:msg_1", "state")
+        await connection.disconnect()
+        assert state in ("pending", b"pending")
+    finally:
+        # Killed, not stopped: a replica still writing its first AOF refuses
+        # SIGTERM, and its data is not needed.
+        replica.kill()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_with_wait_replicas_and_no_replica_a_store_fails_for_a_retry(
+    own_redis,
+):
+    spool = RedisSpool(
+        own_redis.url, Assembler(), reactor, wait_replicas=1, wait_timeout=0.1
+    )
+    await spool.open()
+
+    with pytest.raises(SpoolError, match="0 of 1 replicas"):
+        await spool.store(event("msg_1"))
+    await spool.close()
 
 
 @needs_redis
