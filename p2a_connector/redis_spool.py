@@ -15,41 +15,32 @@ another instance has held for ``claim_idle`` seconds without acknowledging
 of the stream into a sorted set by next attempt time, from which `due` moves
 it back once it is due.
 
-Reassembly takes two scripts, because the assembler is Python: the first
-adds the segment and, if it completes its message, replies every record
-without writing; the second stores the assembled event and closes the
-reassembly, unless another instance closed it first (the completed marker is
-set) or it changed meanwhile (its token differs), so one message makes one
-event however many instances complete it at once.
+The parts are base classes of `RedisSpool`: commands and scripts with
+their timeout (`p2a_connector.redis_commands`), reassembly
+(`p2a_connector.redis_reassembly`), the outbound queue, conversations and
+USSD sessions (`p2a_connector.redis_twoway`, their Lua in
+`p2a_connector.redis_outbound`) and dead letters
+(`p2a_connector.redis_dead_letters`); Sentinel discovery is
+`p2a_connector.redis_sentinel`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-import attrs
 import txredisapi
 from twisted.internet import task
 from twisted.internet.defer import (
-    CancelledError,
     Deferred,
     ensureDeferred,
     fail,
-    gatherResults,
-)
-from twisted.internet.defer import (
-    TimeoutError as DeferredTimeout,
 )
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from p2a_connector import conversation, trail
 from p2a_connector import outbound as outbound_
@@ -57,7 +48,18 @@ from p2a_connector import redis_outbound as outbound_scripts
 from p2a_connector import redis_scripts as scripts
 from p2a_connector.config import parse_redis_url as parse_url
 from p2a_connector.decode import iso_time
-from p2a_connector.outbound import Outbound, OutboundState
+from p2a_connector.outbound import Outbound
+from p2a_connector.redis_commands import (
+    GROUP,
+    RedisCommands,
+    _filled,
+    _number,
+    _text,
+)
+from p2a_connector.redis_dead_letters import DeadLetters
+from p2a_connector.redis_reassembly import Reassembly
+from p2a_connector.redis_sentinel import _MasterEndpoint
+from p2a_connector.redis_twoway import TwoWay
 from p2a_connector.spool import (
     Assembler,
     Event,
@@ -65,25 +67,10 @@ from p2a_connector.spool import (
     Reassemblies,
     Segment,
     SpoolError,
-    SpoolLimit,
 )
 
-GROUP = "dispatchers"
 
-# A completion that finds its reassembly changed (it expired, say) starts
-# over; past this many rounds the store fails and the SMSC retries.
-_ROUNDS = 3
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _number(value: float) -> str:
-    return repr(float(value))
-
-
-class RedisSpool:
+class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
     """
     The spool in Redis, for any number of connector instances.
 
@@ -264,67 +251,6 @@ class RedisSpool:
                 error=str(e),
             )
 
-    # --- talking to Redis ---------------------------------------------------
-
-    def _command(self, *args: Any) -> Deferred:
-        if self._redis is None:
-            return fail(SpoolError(f"spool {self.where}: the spool is not open"))
-        d = self._redis.execute_command(*args)
-        d.addTimeout(self._timeout, self._reactor)
-        d.addErrback(self._failed)
-        return d
-
-    def _failed(self, failure: Any) -> Any:
-        error = failure.value
-        if isinstance(error, SpoolError):
-            return failure
-        if isinstance(error, txredisapi.ResponseError):
-            raise SpoolError(f"spool {self.where}: Redis refused: {error}")
-        if isinstance(
-            error,
-            (
-                CancelledError,
-                DeferredTimeout,
-                ConnectTimeout,
-                txredisapi.ConnectionError,
-            ),
-        ):
-            raise SpoolError(
-                f"spool {self.where}: Redis did not answer within "
-                f"{self._timeout:g} s; check that it runs and is reachable"
-            )
-        return failure
-
-    async def _script(self, script: scripts.Script, *args: Any) -> Any:
-        """Run a script by hash, sending it whole if Redis forgot it."""
-        try:
-            reply = await self._command("EVALSHA", script.sha, 0, *args)
-        except SpoolError as e:
-            if "NOSCRIPT" not in str(e):
-                raise
-            reply = await self._command("EVAL", script.source, 0, *args)
-        return reply
-
-    async def _counted(self, script: scripts.Script, keys: Sequence[str], *args):
-        """
-        Run a script replying (status, counts, pending, extra, outbound); keep
-        the counts.
-        """
-        reply = await self._script_keys(script, keys, *args)
-        status, counts, pending, extra, queued = reply
-        self._pending = int(pending)
-        self._outbound = int(queued)
-        self._reassemblies = _reassemblies(counts)
-        return _text(status), extra
-
-    async def _script_keys(self, script: scripts.Script, keys: Sequence[str], *args):
-        try:
-            return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except SpoolError as e:
-            if "NOSCRIPT" not in str(e):
-                raise
-            return await self._command("EVAL", script.source, len(keys), *keys, *args)
-
     # --- writes -----------------------------------------------------------
 
     def store(self, item: Event | Segment) -> Deferred[Event | None]:
@@ -403,78 +329,6 @@ class RedisSpool:
             return ""
         return "\n".join(trail.encode(steps))
 
-    def _segment_keys(self, key: str) -> tuple[str, str]:
-        digest = hashlib.sha1(key.encode()).hexdigest()
-        return self._keys + "seg:" + digest, self._keys + "done:" + digest
-
-    async def _store_segment(self, segment: Segment) -> Event | None:
-        keys = self._segment_keys(segment.key)
-        record = json.dumps(segment.record, separators=(",", ":"))
-        bounds = [
-            -1 if bound is None else bound
-            for bound in (
-                self._bounds["max_reassemblies"],
-                self._bounds["max_reassemblies_per_operator"],
-                self._bounds["max_reassembly_bytes"],
-            )
-        ]
-        for _ in range(_ROUNDS):
-            status, extra = await self._counted(
-                scripts.ADD_SEGMENT,
-                keys,
-                self._keys,
-                segment.seqnum,
-                segment.total,
-                record,
-                segment.webhook,
-                _number(segment.received_at),
-                segment.operator,
-                segment.key,
-                *bounds,
-                os.urandom(8).hex(),
-            )
-            if status == "limit":
-                name = _text(extra[0])
-                raise SpoolLimit(name, self._bounds[name], segment.operator)
-            if status != "complete":
-                return None
-
-            token, webhook, *records = (_text(value) for value in extra)
-            event = self._assemble(records, webhook, complete=True)
-            status, extra = await self._finish(keys, token, event, "complete")
-            if status != "stale":
-                return _filled(event, extra) if status == "stored" else None
-        raise SpoolError(
-            f"spool {self.where}: the message {segment.key} kept changing while "
-            "its segment was added; the SMSC will send it again"
-        )
-
-    def _assemble(self, records: list[str], webhook: str, complete: bool) -> Event:
-        segments = [json.loads(record) for record in records]
-        event_id, event_type, body = self._assembler(segments, complete)
-        now = self._reactor.seconds()
-        conversation_key, ussd = conversation.keys_of_body(event_type, body)
-        return Event(
-            id=event_id,
-            type=event_type,
-            webhook=webhook,
-            body=body,
-            created_at=now,
-            trail=trail.assembled(segments, complete, now),
-            conversation=conversation_key,
-            ussd=ussd,
-        )
-
-    async def _finish(
-        self, keys: Sequence[str], token: str, event: Event, mode: str
-    ) -> tuple[str, Any]:
-        ttl = round(self._completed_ttl * 1000) if mode == "complete" else 0
-        now = self._reactor.seconds()
-        args = self._event_args(event, now)
-        return await self._counted(
-            scripts.FINISH, keys, *args[:2], token, ttl, mode, *args[2:]
-        )
-
     def expire(self, older_than: float) -> Deferred[list[Event]]:
         """
         Deliver, incomplete, the messages whose first segment arrived before
@@ -510,49 +364,6 @@ class RedisSpool:
         events.extend(await self._end_idle_sessions())
         await self._counted(scripts.RECOUNT, (), self._keys)
         return events
-
-    async def _end_idle_sessions(self) -> list[Event]:
-        """End the USSD sessions silent past ``ussd_idle``; their events."""
-        now = self._reactor.seconds()
-        idle = await self._command(
-            "ZRANGEBYSCORE",
-            self._keys + "ussd",
-            "-inf",
-            "(" + _number(now - self._ussd_idle),
-        )
-        ended = []
-        for member in idle:
-            key = _text(member)
-            fields = await self._command(
-                "HMGET",
-                self._keys + "ussd:" + key,
-                "webhook",
-                "info",
-                "last_message_id",
-                "last_at",
-            )
-            if fields[0] is None:
-                continue
-            webhook, info, last_message_id, last_at = map(_text, fields)
-            event = conversation.session_ended(
-                conversation.new_event_id(now),
-                now,
-                webhook=webhook,
-                info=json.loads(info),
-                last_message_id=last_message_id,
-            )
-            args = self._event_args(event, now)
-            status, _ = await self._counted(
-                outbound_scripts.END_IDLE_SESSION,
-                (),
-                *args[:2],
-                key,
-                last_at,
-                *args[2:],
-            )
-            if status == "stored":
-                ended.append(event)
-        return ended
 
     def delivered(
         self,
@@ -608,53 +419,9 @@ class RedisSpool:
             self._steps(failed),
         )
 
-    def dead(
-        self,
-        event_id: str,
-        attempt: int,
-        reason: str,
-        note: Mapping[str, Any] | None = None,
-    ) -> Deferred[None]:
-        """Move an event to the dead letters, with why it will not be retried."""
-        now = self._reactor.seconds()
-        dead = trail.step(
-            now,
-            "dead_lettered",
-            **({"attempt": attempt} | dict(note or {})),
-            reason=reason,
-        )
-        return self._done(
-            scripts.DEAD, event_id, attempt, reason, _number(now), self._steps(dead)
-        )
-
     def _done(self, script: scripts.Script, *args: Any) -> Deferred[None]:
         async def run() -> None:
             await self._counted(script, (), self._keys, GROUP, *args, self._trail_keep)
-
-        return ensureDeferred(run())
-
-    def replay(self, ids: Sequence[str] | None) -> Deferred[int]:
-        """Make dead letters (all, or those named) pending again, due now."""
-        now = self._reactor.seconds()
-        replayed = self._steps(trail.step(now, "replayed"))
-        return self._letters(
-            scripts.REPLAY, ids, _number(now), replayed, self._trail_keep
-        )
-
-    def purge(self, ids: Sequence[str] | None) -> Deferred[int]:
-        """Delete dead letters (all, or those named) for good; their trail stays."""
-        purged = self._steps(trail.step(self._reactor.seconds(), "purged"))
-        return self._letters(scripts.PURGE, ids, purged, self._trail_keep)
-
-    def _letters(
-        self, script: scripts.Script, ids: Sequence[str] | None, *args: Any
-    ) -> Deferred[int]:
-        async def run() -> int:
-            every = "1" if ids is None else "0"
-            _, extra = await self._counted(
-                script, (), self._keys, GROUP, every, *args, *(ids or ())
-            )
-            return int(extra[0])
 
         return ensureDeferred(run())
 
@@ -756,385 +523,7 @@ class RedisSpool:
                 times.append(float(at))
         return min(times, default=None)
 
-    def dead_letters(self, limit: int = 100) -> Deferred[list[dict]]:
-        """Dead letters, oldest failure first."""
-
-        async def read() -> list[dict]:
-            rows = await self._script(scripts.DEAD_LETTERS, self._keys, limit)
-            letters = []
-            for row in rows:
-                event_id, event_type, hook, reason, attempt, created, failed = row
-                letters.append(
-                    {
-                        "id": _text(event_id),
-                        "type": _text(event_type),
-                        "webhook": _text(hook),
-                        "reason": _text(reason),
-                        "attempts": int(attempt),
-                        "created_at": float(created),
-                        "failed_at": float(failed),
-                    }
-                )
-            return letters
-
-        return ensureDeferred(read())
-
-    def dead_letter_count(self) -> Deferred[int]:
-        """How many dead letters the spool holds."""
-        return self._command("XLEN", self._keys + "dead").addCallback(int)
-
     def trail(self, event_id: str) -> Deferred[list[dict]]:
         """The event's trail, oldest step first; empty if unknown or forgotten."""
         d = self._command("LRANGE", self._keys + "trail:" + event_id, 0, -1)
         return d.addCallback(lambda lines: trail.decode_steps(map(_text, lines)))
-
-    # --- outbound messages, conversations, USSD sessions ---------------------
-
-    def _queued_args(self, messages: Sequence[Outbound], now: float) -> list[str]:
-        """Four script arguments per message to queue (queue_all)."""
-        args = []
-        for message in messages:
-            queued = trail.step(
-                now,
-                "queued",
-                operator=message.operator,
-                in_reply_to=message.in_reply_to,
-            )
-            args += [message.id, message.operator, message.dumps(), self._steps(queued)]
-        return args
-
-    def queue(self, messages: Sequence[Outbound]) -> Deferred[int]:
-        """
-        Keep messages to send, due now; one whose id is kept already is left
-        as it is.  Fires with how many were new, once Redis has them.
-        """
-        now = self._reactor.seconds()
-
-        async def run() -> int:
-            _, extra = await self._counted(
-                outbound_scripts.QUEUE,
-                (),
-                self._keys,
-                _number(now),
-                self._trail_keep,
-                *self._queued_args(messages, now),
-            )
-            return int(extra[0])
-
-        return ensureDeferred(run())
-
-    def outbound_due(
-        self,
-        now: float,
-        limit: int,
-        *,
-        operators: Collection[str] | None = None,
-        lease: float = 60.0,
-    ) -> Deferred[list[OutboundState]]:
-        """
-        Take the queued messages due at ``now`` (of ``operators`` only, if
-        given), oldest first: no instance takes them again for ``lease``
-        seconds, by which time the sender has reported on them or died.
-        """
-
-        async def run() -> list[OutboundState]:
-            if operators is not None and not operators:
-                return []
-            rows = await self._script(
-                outbound_scripts.OUTBOUND_DUE,
-                self._keys,
-                _number(now),
-                limit,
-                _number(now + lease),
-                *_operator_args(operators),
-            )
-            return [_outbound_state(row[1:]) for row in rows]
-
-        return ensureDeferred(run())
-
-    def next_outbound_due(
-        self, *, operators: Collection[str] | None = None
-    ) -> Deferred[float | None]:
-        """When the next queued message (of ``operators``) is due, or None."""
-
-        async def run() -> float | None:
-            if operators is not None and not operators:
-                return None
-            at = await self._script(
-                outbound_scripts.NEXT_OUTBOUND_DUE,
-                self._keys,
-                *_operator_args(operators),
-            )
-            return None if at is None else float(at)
-
-        return ensureDeferred(run())
-
-    def _outbound_update(
-        self, outbound_id: str, step: dict, queue_at: str, **fields: Any
-    ) -> Deferred[None]:
-        pairs = [str(value) for item in fields.items() for value in item]
-
-        async def run() -> None:
-            await self._counted(
-                outbound_scripts.OUTBOUND_UPDATE,
-                (),
-                self._keys,
-                outbound_id,
-                self._steps(step),
-                self._trail_keep,
-                queue_at,
-                *pairs,
-            )
-
-        return ensureDeferred(run())
-
-    def outbound_progress(
-        self,
-        outbound_id: str,
-        *,
-        reference: int,
-        parts_sent: int,
-        message_ids: Sequence[str],
-    ) -> Deferred[None]:
-        """
-        Some parts were accepted: a retry goes on from ``parts_sent``, and
-        their message_ids find the message already (a receipt can overtake
-        the last part).
-        """
-        step = trail.step(self._reactor.seconds(), "part_sent", parts_sent=parts_sent)
-        # Sent before the update, on the same connection, so that a receipt
-        # looked up after this call returns finds them.  True whatever the
-        # update does: the SMSC did accept these parts.
-        indexed = [
-            self._command(
-                "SET",
-                self._keys + "rcpt:" + message_id,
-                outbound_id,
-                "PX",
-                self._receipt_keep,
-            )
-            for message_id in message_ids
-        ]
-        updated = self._outbound_update(
-            outbound_id,
-            step,
-            "",
-            reference=reference,
-            parts_sent=parts_sent,
-            message_ids=json.dumps(list(message_ids)),
-        )
-        return gatherResults([*indexed, updated], consumeErrors=True).addCallbacks(
-            lambda _: None, lambda failure: failure.value.subFailure
-        )
-
-    def outbound_retry(
-        self,
-        outbound_id: str,
-        attempt: int,
-        next_at: float,
-        error: str,
-        *,
-        reference: int,
-        parts_sent: int,
-        message_ids: Sequence[str],
-    ) -> Deferred[None]:
-        """A failed attempt; the message is due again at ``next_at``."""
-        step = trail.step(
-            self._reactor.seconds(),
-            "retry",
-            attempt=attempt,
-            error=error,
-            next_at=next_at,
-            parts_sent=parts_sent,
-        )
-        return self._outbound_update(
-            outbound_id,
-            step,
-            _number(next_at),
-            attempt=attempt,
-            next_at=_number(next_at),
-            error=error,
-            reference=reference,
-            parts_sent=parts_sent,
-            message_ids=json.dumps(list(message_ids)),
-        )
-
-    def outbound_sent(
-        self, outbound_id: str, *, reference: int, message_ids: Sequence[str]
-    ) -> Deferred[None]:
-        """Every part was accepted; each message_id now finds the message."""
-        now = self._reactor.seconds()
-        sent = trail.step(now, "sent", parts=len(message_ids))
-
-        async def run() -> None:
-            await self._counted(
-                outbound_scripts.OUTBOUND_SENT,
-                (),
-                self._keys,
-                outbound_id,
-                self._steps(sent),
-                self._trail_keep,
-                _number(now),
-                reference,
-                len(message_ids),
-                json.dumps(list(message_ids)),
-                self._outbound_keep,
-                self._receipt_keep,
-                *message_ids,
-            )
-
-        return ensureDeferred(run())
-
-    def outbound_failed(
-        self, outbound_id: str, attempt: int, reason: str, event: Event
-    ) -> Deferred[None]:
-        """
-        The message will not be sent: state ``failed`` with ``reason``, and
-        ``event`` (its ``reply.failed``) stored for delivery in the same
-        script.  Nothing happens to a message no longer queued.
-        """
-        now = self._reactor.seconds()
-        failed = trail.step(now, "failed", attempt=attempt, reason=reason)
-        args = self._event_args(event, now)
-
-        async def run() -> None:
-            await self._counted(
-                outbound_scripts.OUTBOUND_FAILED,
-                (),
-                *args[:2],
-                outbound_id,
-                attempt,
-                reason,
-                self._outbound_keep,
-                self._steps(failed),
-                self._trail_keep,
-                *args[2:],
-            )
-
-        return ensureDeferred(run())
-
-    def outbound(self, outbound_id: str) -> Deferred[OutboundState | None]:
-        """Where a message is, or None if unknown or forgotten."""
-        d = self._command("HMGET", self._keys + "ob:" + outbound_id, *_FIELDS)
-        return d.addCallback(
-            lambda row: None if row[0] is None else _outbound_state(row)
-        )
-
-    def reply_for(self, message_id: str) -> Deferred[str | None]:
-        """The outbound id of the part the SMSC accepted as ``message_id``."""
-        d = self._command("GET", self._keys + "rcpt:" + message_id)
-        return d.addCallback(lambda value: None if value is None else _text(value))
-
-    def outbound_pending(self) -> int:
-        """Queued outbound messages, all instances, as of the last write."""
-        return self._outbound
-
-    def conversation_of(self, key: str) -> Deferred[dict | None]:
-        """A conversation's id, turn, started_at and last_at, or None."""
-        d = self._command(
-            "HMGET", self._keys + "cnv:" + key, "id", "turn", "started_at", "last_at"
-        )
-
-        def read(row: list) -> dict | None:
-            if row[0] is None:
-                return None
-            return {
-                "id": _text(row[0]),
-                "turn": int(row[1]),
-                "started_at": float(row[2]),
-                "last_at": float(row[3]),
-            }
-
-        return d.addCallback(read)
-
-    def end_session(self, key: str) -> Deferred[None]:
-        """Close a USSD session (a reply ended it): no ``session.ended``."""
-        d = ensureDeferred(self._script(outbound_scripts.END_SESSION, self._keys, key))
-        return d.addCallback(lambda _: None)
-
-
-_FIELDS = (
-    "message",
-    "state",
-    "attempt",
-    "next_at",
-    "reference",
-    "parts_sent",
-    "message_ids",
-    "error",
-    "sent_at",
-)
-
-
-def _outbound_state(row: Sequence[Any]) -> OutboundState:
-    message, state, attempt, next_at, reference, parts, ids, error, sent = row
-    return OutboundState(
-        message=Outbound.loads(message),
-        state=_text(state),
-        attempt=int(attempt),
-        next_at=float(next_at),
-        reference=int(reference),
-        parts_sent=int(parts),
-        message_ids=tuple(json.loads(ids)),
-        error=None if error is None else _text(error),
-        sent_at=None if sent is None else float(sent),
-    )
-
-
-def _operator_args(operators: Collection[str] | None) -> list[str]:
-    return ["1"] if operators is None else ["0", *operators]
-
-
-def _filled(event: Event, extra: Sequence[Any]) -> Event:
-    """The event with the conversation a script gave it in its body."""
-    given = _text(extra[0]) if extra else ""
-    if not given:
-        return event
-    return attrs.evolve(event, body=conversation.fill(event.body, given.encode()))
-
-
-def _reassemblies(counts: bytes) -> Reassemblies:
-    # An empty hash arrives as cjson's empty table, ``{}``.
-    flat = json.loads(counts) or []
-    fields = dict(zip(flat[::2], flat[1::2]))
-    by_operator = {}
-    for name, value in fields.items():
-        if name.startswith("op:") and int(value) > 0:
-            by_operator[name[3:]] = int(value)
-    return Reassemblies(
-        count=int(fields.get("count", 0)),
-        bytes=int(fields.get("bytes", 0)),
-        by_operator=by_operator,
-    )
-
-
-@implementer(IStreamClientEndpoint)
-class _MasterEndpoint:
-    """
-    Connects to whichever server the Sentinels name as master at that moment,
-    so every reconnection after a failover finds the promoted replica.
-
-    txredisapi's own Sentinel connections check the server's role against a
-    text string, which never matches when replies are bytes (``charset=None``,
-    as this spool needs), so they refuse every master.  Limitation: this
-    endpoint trusts the Sentinels' answer and does not check ROLE itself.
-    """
-
-    def __init__(self, reactor, sentinel, service: str, timeout: float):
-        self._reactor = reactor
-        self._sentinel = sentinel
-        self._service = service
-        self._timeout = timeout
-
-    def connect(self, factory) -> Deferred:
-        found = self._sentinel.discover_master(self._service)
-        found.addTimeout(self._timeout * 2, self._reactor)
-
-        def dial(address: tuple[str, int]) -> Deferred:
-            host, port = address
-            endpoint = HostnameEndpoint(
-                self._reactor, host, port, timeout=self._timeout
-            )
-            return endpoint.connect(factory)
-
-        return found.addCallback(dial)

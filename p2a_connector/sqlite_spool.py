@@ -12,29 +12,32 @@ All sqlite work runs in one dedicated thread, so the reactor never waits on
 the disk, and the connection is only ever used by that thread.
 
 The segment side (reassembly and its bounds) is
-`p2a_connector.sqlite_reassembly`.  It implements `p2a_connector.spool.Spool`,
+`p2a_connector.sqlite_reassembly`; the group commit itself is
+`p2a_connector.sqlite_commit`, the outbound queue, conversations and USSD
+sessions `p2a_connector.sqlite_twoway` (their SQL in
+`p2a_connector.sqlite_outbound`), and the dead letters
+`p2a_connector.sqlite_dead_letters`: base classes of `SqliteSpool` working on
+its connection and its write queue.  It implements `p2a_connector.spool.Spool`,
 which other backends (a Redis spool shared by several instances) implement
 too.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from p2a_connector import conversation, sqlite_outbound, sqlite_reassembly, trail
 from p2a_connector import outbound as outbound_
-from p2a_connector.outbound import Outbound, OutboundState
+from p2a_connector.outbound import Outbound
 from p2a_connector.spool import (
     Assembler,
     Event,
@@ -43,7 +46,10 @@ from p2a_connector.spool import (
     Segment,
     SpoolError,
 )
+from p2a_connector.sqlite_commit import GroupCommit, _Delta, _Recount, _Write
+from p2a_connector.sqlite_dead_letters import DeadLetters
 from p2a_connector.sqlite_outbound import note as _note
+from p2a_connector.sqlite_twoway import TwoWay
 
 SCHEMA_VERSION = 1
 
@@ -81,27 +87,7 @@ CREATE INDEX IF NOT EXISTS trail_age ON trail (at);
 _EVENT_COLUMNS = "id, type, webhook, body, attempt, created_at"
 
 
-@attrs.frozen
-class _Recount:
-    pending: int
-    outbound: int | None = None
-
-
-@attrs.frozen
-class _Delta:
-    """How a write changed the counts of pending events and queued messages."""
-
-    pending: int = 0
-    outbound: int = 0
-
-
-# A write runs inside a group transaction and returns its result together
-# with how it changed the number of pending events (or both counts), or
-# their new values.
-_Write = Callable[[sqlite3.Connection], tuple[Any, "int | _Delta | _Recount"]]
-
-
-class SqliteSpool:
+class SqliteSpool(GroupCommit, TwoWay, DeadLetters):
     """
     The spool in one sqlite file, for a single connector instance.
 
@@ -240,13 +226,6 @@ class SqliteSpool:
             return result
         return None
 
-    def _flushed(self) -> Deferred[None]:
-        if not self._queue and not self._committing:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._drained.append(d)
-        return d
-
     def _connect(self) -> tuple[int, int]:
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
@@ -304,121 +283,6 @@ class SqliteSpool:
         db, self._db = self._db, None
         if db is not None:
             db.close()
-
-    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred:
-        if self._threads is None:
-            return fail(SpoolError(f"spool {self.path}: the spool is not open"))
-        return deferToThreadPool(self._reactor, self._threads, f, *args)
-
-    # --- group commit -----------------------------------------------------
-
-    def _write(self, write: _Write, *, single: bool = False) -> Deferred:
-        """
-        Queue a write for the next group commit.
-
-        ``single``: the write is one statement (and maybe the rows of its
-        trail, inserted after it), so it needs no savepoint of its own to be
-        undone alone; a statement is applied whole or not at all, and a
-        sqlite error fails the whole transaction anyway.  Each
-        savepoint costs two more statements, and the spool thread one more
-        wait for the interpreter lock apiece.
-        """
-        if not self._open:
-            return fail(SpoolError(f"spool {self.path}: the spool is not open"))
-        d: Deferred = Deferred()
-        self._queue.append((write, single, d))
-        if not self._committing and self._timer is None:
-            self._timer = self._reactor.callLater(self._commit_interval, self._commit)
-        return d
-
-    def _commit(self) -> None:
-        self._timer = None
-        batch, self._queue = self._queue, []
-        self._committing = True
-        writes = [(write, single) for write, single, _ in batch]
-        d = self._in_thread(self._transaction, writes)
-        d.addBoth(self._committed, [d for _, _, d in batch])
-
-    def _transaction(
-        self, writes: list[tuple[_Write, bool]]
-    ) -> list[tuple[bool, Any, Any]]:
-        db = self._db
-        if db is None:
-            raise SpoolError(f"spool {self.path}: the spool is not open")
-        segments = self._segments
-        outcomes: list[tuple[bool, Any, Any]] = []
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for write, single in writes:
-                if single:
-                    try:
-                        value, delta = write(db)
-                    except sqlite3.Error:
-                        raise
-                    except Exception:  # noqa: BLE001 - its one statement did not run
-                        outcomes.append((False, Failure(), 0))
-                    else:
-                        outcomes.append((True, value, delta))
-                    continue
-                before = segments.working
-                db.execute("SAVEPOINT item")
-                try:
-                    value, delta = write(db)
-                except sqlite3.Error:
-                    raise
-                except Exception:  # noqa: BLE001 - a bug or a limit fails one write
-                    db.execute("ROLLBACK TO item")
-                    db.execute("RELEASE item")
-                    segments.working = before
-                    outcomes.append((False, Failure(), 0))
-                else:
-                    db.execute("RELEASE item")
-                    outcomes.append((True, value, delta))
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            if db.in_transaction:
-                db.rollback()
-            segments.working = segments.held
-            raise SpoolError(f"spool {self.path}: cannot commit: {e}") from None
-        segments.held = segments.working
-        return outcomes
-
-    def _committed(self, result: Any, batch: list[Deferred]) -> None:
-        self._committing = False
-        if isinstance(result, Failure):
-            if not result.check(SpoolError):
-                result = Failure(SpoolError(f"spool {self.path}: {result.value}"))
-            self.log.error(
-                "spool {path}: {count} writes failed: {error}",
-                path=self.path,
-                count=len(batch),
-                error=result.value,
-            )
-            for d in batch:
-                d.errback(result)
-        else:
-            self.commits += 1
-            for d, (ok, value, change) in zip(batch, result):
-                if isinstance(change, _Recount):
-                    self._pending = change.pending
-                    if change.outbound is not None:
-                        self._outbound = change.outbound
-                elif isinstance(change, _Delta):
-                    self._pending += change.pending
-                    self._outbound += change.outbound
-                else:
-                    self._pending += change
-                if ok:
-                    d.callback(value)
-                else:
-                    d.errback(value)
-
-        if self._queue:
-            self._commit()
-        elif self._timer is None:
-            drained, self._drained = self._drained, []
-            for d in drained:
-                d.callback(None)
 
     # --- writes -----------------------------------------------------------
 
@@ -540,24 +404,6 @@ class SqliteSpool:
         recount = _Recount(_count_pending(db), sqlite_outbound.count_queued(db))
         return (events, failures), recount
 
-    def _end_idle_sessions(self, db: sqlite3.Connection, now: float) -> list[Event]:
-        """Close the USSD sessions silent past ``ussd_idle``; their events."""
-        ended = []
-        idle = sqlite_outbound.idle_sessions(db, now - self._ussd_idle)
-        for key, webhook, info, last_message_id in idle:
-            sqlite_outbound.end_session(db, key)
-            event = conversation.session_ended(
-                conversation.new_event_id(now),
-                now,
-                webhook=webhook,
-                info=info,
-                last_message_id=last_message_id,
-            )
-            stored, _ = self._insert_event(db, event, now)
-            if stored is not None:
-                ended.append(stored)
-        return ended
-
     def _expired(
         self, result: tuple[list[Event], list[tuple[str, Failure]]]
     ) -> list[Event]:
@@ -627,79 +473,6 @@ class SqliteSpool:
 
         return self._write(write, single=True)
 
-    def dead(
-        self,
-        event_id: str,
-        attempt: int,
-        reason: str,
-        note: Mapping[str, Any] | None = None,
-    ) -> Deferred[None]:
-        """Move an event to the dead letters, with why it will not be retried."""
-        now = self._reactor.seconds()
-        dead = trail.step(
-            now,
-            "dead_lettered",
-            **({"attempt": attempt} | dict(note or {})),
-            reason=reason,
-        )
-        steps = self._trail_rows(event_id, dead)
-
-        def write(db: sqlite3.Connection) -> tuple[None, int]:
-            moved = db.execute(
-                "UPDATE event SET state = 'dead', attempt = ?, error = ?,"
-                " failed_at = ? WHERE id = ? AND state = 'pending'",
-                (attempt, reason, now, event_id),
-            ).rowcount
-            if moved:
-                _note(db, steps)
-            return None, -moved
-
-        return self._write(write, single=True)
-
-    def replay(self, ids: Sequence[str] | None) -> Deferred[int]:
-        """Make dead letters (all, or those named) pending again, due now."""
-        now = self._reactor.seconds()
-        sql = (
-            "UPDATE event SET state = 'pending', attempt = 0, next_at = ?,"
-            " error = NULL, failed_at = NULL WHERE state = 'dead' AND id = ?"
-        )
-
-        def write(db: sqlite3.Connection) -> tuple[int, int]:
-            count = self._letters(db, ids, sql, (now,), trail.step(now, "replayed"))
-            return count, count
-
-        return self._write(write)
-
-    def purge(self, ids: Sequence[str] | None) -> Deferred[int]:
-        """Delete dead letters (all, or those named) for good; their trail stays."""
-        now = self._reactor.seconds()
-        sql = "DELETE FROM event WHERE state = 'dead' AND id = ?"
-
-        def write(db: sqlite3.Connection) -> tuple[int, int]:
-            return self._letters(db, ids, sql, (), trail.step(now, "purged")), 0
-
-        return self._write(write)
-
-    def _letters(
-        self,
-        db: sqlite3.Connection,
-        ids: Sequence[str] | None,
-        sql: str,
-        args: tuple,
-        done: dict,
-    ) -> int:
-        """Run ``sql`` on each dead letter named (or all); note each one done."""
-        if ids is None:
-            ids = [
-                i for (i,) in db.execute("SELECT id FROM event WHERE state = 'dead'")
-            ]
-        count = 0
-        for event_id in ids:
-            if db.execute(sql, (*args, event_id)).rowcount:
-                _note(db, self._trail_rows(event_id, done))
-                count += 1
-        return count
-
     # --- reads ------------------------------------------------------------
 
     def pending(self) -> int:
@@ -756,25 +529,6 @@ class SqliteSpool:
 
         return self._in_thread(read)
 
-    def dead_letters(self, limit: int = 100) -> Deferred[list[dict]]:
-        """Dead letters, oldest failure first."""
-        sql = (
-            "SELECT id, type, webhook, error, attempt, created_at, failed_at"
-            " FROM event WHERE state = 'dead' ORDER BY failed_at, rowid LIMIT ?"
-        )
-        names = ("id", "type", "webhook", "reason", "attempts")
-        names += ("created_at", "failed_at")
-
-        def read() -> list[dict]:
-            return [dict(zip(names, row)) for row in self._read(sql, (limit,))]
-
-        return self._in_thread(read)
-
-    def dead_letter_count(self) -> Deferred[int]:
-        """How many dead letters the spool holds."""
-        sql = "SELECT count(*) FROM event INDEXED BY event_dead WHERE state = 'dead'"
-        return self._in_thread(lambda: self._read(sql, ())[0][0])
-
     def trail(self, event_id: str) -> Deferred[list[dict]]:
         """The event's trail, oldest step first; empty if unknown or forgotten."""
         sql = "SELECT step FROM trail WHERE event_id = ? ORDER BY at, rowid"
@@ -783,249 +537,6 @@ class SqliteSpool:
             return trail.decode_steps(line for (line,) in self._read(sql, (event_id,)))
 
         return self._in_thread(read)
-
-    def _read(self, sql: str, args: Sequence[Any]) -> list[tuple]:
-        db = self._db
-        if db is None:
-            raise SpoolError(f"spool {self.path}: the spool is not open")
-        try:
-            return db.execute(sql, args).fetchall()
-        except sqlite3.Error as e:
-            raise SpoolError(f"spool {self.path}: cannot read: {e}") from None
-
-    # --- outbound messages, conversations, USSD sessions ---------------------
-
-    def _queued_rows(
-        self, messages: Sequence[Outbound], now: float
-    ) -> dict[str, list[tuple]]:
-        return {
-            message.id: self._trail_rows(
-                message.id,
-                trail.step(
-                    now,
-                    "queued",
-                    operator=message.operator,
-                    in_reply_to=message.in_reply_to,
-                ),
-            )
-            for message in messages
-        }
-
-    def queue(self, messages: Sequence[Outbound]) -> Deferred[int]:
-        """
-        Keep messages to send, due now; one whose id is kept already is left
-        as it is.  Fires with how many were new, once they are committed.
-        """
-        now = self._reactor.seconds()
-        queued = self._queued_rows(messages, now)
-
-        def write(db: sqlite3.Connection) -> tuple[int, _Delta]:
-            added = sqlite_outbound.queue(db, messages, now, queued)
-            return added, _Delta(outbound=added)
-
-        return self._write(write)
-
-    def outbound_due(
-        self,
-        now: float,
-        limit: int,
-        *,
-        operators: Collection[str] | None = None,
-        lease: float = 60.0,
-    ) -> Deferred[list[OutboundState]]:
-        """
-        Take the queued messages due at ``now`` (of ``operators`` only, if
-        given), oldest first: they are not due again for ``lease`` seconds,
-        by which time the sender has reported on them or died.
-        """
-
-        def write(db: sqlite3.Connection) -> tuple[list[OutboundState], int]:
-            return sqlite_outbound.take(db, now, limit, operators, now + lease), 0
-
-        return self._write(write)
-
-    def next_outbound_due(
-        self, *, operators: Collection[str] | None = None
-    ) -> Deferred[float | None]:
-        """When the next queued message (of ``operators``) is due, or None."""
-        if operators is not None and not operators:
-            return succeed(None)
-        sql, args = sqlite_outbound.next_due_sql(operators)
-        return self._in_thread(lambda: self._read(sql, args)[0][0])
-
-    def outbound_progress(
-        self,
-        outbound_id: str,
-        *,
-        reference: int,
-        parts_sent: int,
-        message_ids: Sequence[str],
-    ) -> Deferred[None]:
-        """
-        Some parts were accepted: a retry goes on from ``parts_sent``, and
-        their message_ids find the message already (a receipt can overtake
-        the last part).
-        """
-        now = self._reactor.seconds()
-        args = (reference, parts_sent, json.dumps(list(message_ids)))
-        steps = self._trail_rows(
-            outbound_id, trail.step(now, "part_sent", parts_sent=parts_sent)
-        )
-
-        def write(db: sqlite3.Connection) -> tuple[None, int]:
-            assignments = "reference = ?, parts_sent = ?, message_ids = ?"
-            if sqlite_outbound.update(db, outbound_id, assignments, args):
-                sqlite_outbound.index_receipts(db, outbound_id, message_ids, now)
-                _note(db, steps)
-            return None, 0
-
-        return self._write(write)
-
-    def outbound_sent(
-        self, outbound_id: str, *, reference: int, message_ids: Sequence[str]
-    ) -> Deferred[None]:
-        """Every part was accepted; each message_id now finds the message."""
-        now = self._reactor.seconds()
-        steps = self._trail_rows(
-            outbound_id, trail.step(now, "sent", parts=len(message_ids))
-        )
-        args = (reference, len(message_ids), json.dumps(list(message_ids)), now, now)
-
-        def write(db: sqlite3.Connection) -> tuple[None, _Delta]:
-            if not sqlite_outbound.update(
-                db,
-                outbound_id,
-                "state = 'sent', reference = ?, parts_sent = ?, message_ids = ?,"
-                " error = NULL, sent_at = ?, done_at = ?",
-                args,
-            ):
-                return None, _Delta()
-            sqlite_outbound.index_receipts(db, outbound_id, message_ids, now)
-            _note(db, steps)
-            return None, _Delta(outbound=-1)
-
-        return self._write(write)
-
-    def outbound_retry(
-        self,
-        outbound_id: str,
-        attempt: int,
-        next_at: float,
-        error: str,
-        *,
-        reference: int,
-        parts_sent: int,
-        message_ids: Sequence[str],
-    ) -> Deferred[None]:
-        """A failed attempt; the message is due again at ``next_at``."""
-        step = trail.step(
-            self._reactor.seconds(),
-            "retry",
-            attempt=attempt,
-            error=error,
-            next_at=next_at,
-            parts_sent=parts_sent,
-        )
-        return self._outbound_update(
-            outbound_id,
-            "attempt = ?, next_at = ?, error = ?, reference = ?, parts_sent = ?,"
-            " message_ids = ?",
-            (
-                attempt,
-                next_at,
-                error,
-                reference,
-                parts_sent,
-                json.dumps(list(message_ids)),
-            ),
-            step,
-        )
-
-    def _outbound_update(
-        self, outbound_id: str, assignments: str, args: tuple, step: dict
-    ) -> Deferred[None]:
-        steps = self._trail_rows(outbound_id, step)
-
-        def write(db: sqlite3.Connection) -> tuple[None, int]:
-            if sqlite_outbound.update(db, outbound_id, assignments, args):
-                _note(db, steps)
-            return None, 0
-
-        return self._write(write, single=True)
-
-    def outbound_failed(
-        self, outbound_id: str, attempt: int, reason: str, event: Event
-    ) -> Deferred[None]:
-        """
-        The message will not be sent: state ``failed`` with ``reason``, and
-        ``event`` (its ``reply.failed``) stored for delivery in the same
-        transaction.  Nothing happens to a message no longer queued.
-        """
-        now = self._reactor.seconds()
-        steps = self._trail_rows(
-            outbound_id, trail.step(now, "failed", attempt=attempt, reason=reason)
-        )
-
-        def write(db: sqlite3.Connection) -> tuple[None, _Delta]:
-            if not sqlite_outbound.update(
-                db,
-                outbound_id,
-                "state = 'failed', attempt = ?, error = ?, done_at = ?",
-                (attempt, reason, now),
-            ):
-                return None, _Delta()
-            _note(db, steps)
-            _, added = self._insert_event(db, event, now)
-            return None, _Delta(added, -1)
-
-        return self._write(write)
-
-    def outbound(self, outbound_id: str) -> Deferred[OutboundState | None]:
-        """Where a message is, or None if unknown or forgotten."""
-        sql = f"SELECT {sqlite_outbound.COLUMNS} FROM outbound WHERE id = ?"
-
-        def read() -> OutboundState | None:
-            rows = self._read(sql, (outbound_id,))
-            return sqlite_outbound.state(rows[0]) if rows else None
-
-        return self._in_thread(read)
-
-    def reply_for(self, message_id: str) -> Deferred[str | None]:
-        """The outbound id of the part the SMSC accepted as ``message_id``."""
-        sql = "SELECT outbound_id FROM receipt WHERE message_id = ? AND at >= ?"
-        since = self._reactor.seconds() - self._receipt_keep
-
-        def read(db: sqlite3.Connection) -> tuple[str | None, int]:
-            rows = db.execute(sql, (message_id, since)).fetchall()
-            return (rows[0][0] if rows else None), 0
-
-        # Queued behind the writes, not read at once: a receipt can arrive
-        # while the write recording its part's message_id waits to commit.
-        return self._write(read, single=True)
-
-    def outbound_pending(self) -> int:
-        """How many outbound messages are queued, without touching the disk."""
-        return self._outbound
-
-    def conversation_of(self, key: str) -> Deferred[dict | None]:
-        """A conversation's id, turn, started_at and last_at, or None."""
-        names = ("id", "turn", "started_at", "last_at")
-        sql = "SELECT id, turn, started_at, last_at FROM conversation WHERE key = ?"
-
-        def read() -> dict | None:
-            rows = self._read(sql, (key,))
-            return dict(zip(names, rows[0])) if rows else None
-
-        return self._in_thread(read)
-
-    def end_session(self, key: str) -> Deferred[None]:
-        """Close a USSD session (a reply ended it): no ``session.ended``."""
-
-        def write(db: sqlite3.Connection) -> tuple[None, int]:
-            sqlite_outbound.end_session(db, key)
-            return None, 0
-
-        return self._write(write, single=True)
 
 
 def _count_pending(db: sqlite3.Connection) -> int:

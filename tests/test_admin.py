@@ -95,7 +95,10 @@ def test_a_token_and_a_token_file_together_are_refused(tmp_path):
 
     message = refusal(tmp_path, f'token = "{TOKEN}"\ntoken_file = "admin-token"')
 
-    assert message == "admin.token: give token or token_file, not both"
+    assert message == (
+        "admin.token: give one of token, token_file or token_credential, "
+        "not token and token_file"
+    )
 
 
 def test_a_token_with_a_space_is_refused(tmp_path):

@@ -18,16 +18,16 @@ from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs, formatEvent
 
 from p2a_connector.config import WebhookConfig
-from p2a_connector.dispatcher import (
-    MAX_RETRY_AFTER,
-    SCHEDULE,
-    Dispatcher,
-    parse_retry_after,
-    retry_delay,
-)
+from p2a_connector.dispatcher import Dispatcher
 from p2a_connector.receiver import Receiver, Reply
 from p2a_connector.spool import Event
 from p2a_connector.sqlite_spool import SqliteSpool
+from p2a_connector.webhook_http import (
+    MAX_RETRY_AFTER,
+    SCHEDULE,
+    parse_retry_after,
+    retry_delay,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 24).decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"o" * 32).decode()

@@ -91,6 +91,29 @@ async def test_a_receiver_and_a_dispatcher_deliver_together(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_reply_queued_by_a_dispatcher_is_sent_by_the_receiver(
+    daemons, smpp_simulator, receiver
+):
+    receiver.script(
+        Reply(
+            200,
+            headers=(("content-type", "application/json"),),
+            body=b'{"reply": {"text": "answered through redis"}}',
+        )
+    )
+    receiving = daemons("receiver", smpp_simulator)
+    daemons("dispatcher")
+    await bound(smpp_simulator, receiving)
+
+    part = traffic.split("question", "gsm7", None)[0]
+    assert await deliver(smpp_simulator, part) == ESME_ROK
+    (sent,) = await smpp_simulator.whenSubmitted(1).addTimeout(15, reactor)
+
+    assert sent.pdu.short_message == b"answered through redis"
+    assert sent.pdu.destination.address == PHONE.address
+
+
+@pytest_twisted.ensureDeferred
 async def test_segments_on_two_receivers_make_exactly_one_webhook(
     daemons, smpp_simulator, second_smsc, receiver
 ):

@@ -295,3 +295,32 @@ async def test_messages_of_one_person_carry_one_conversation_in_turns(
     assert sorted(c["turn"] for c in conversations) == [1, 2, 3]
     assert len({c["id"] for c in conversations}) == 1
     assert conversations[0]["id"].startswith("cnv_")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_abandoned_ussd_session_ends_with_a_session_ended_event(
+    daemon,  # noqa: F811
+    smsc,  # noqa: F811
+    receiver,
+):
+    receiver.script(answer({"reply": {"text": "1. Balance", "end_session": False}}))
+    process = daemon(extra="[conversation]\nussd_idle = 0.5\n")
+    await bound(smsc, process)
+
+    status = await smsc.deliver(
+        source=PHONE,
+        destination=SHORT_CODE,
+        short_message=b"*123#",
+        tlvs=(
+            (TAG_USSD_SERVICE_OP, bytes((PSSR_INDICATION,))),
+            (TAG_ITS_SESSION_INFO, bytes((9, 0))),
+        ),
+    )
+    assert status == ESME_ROK
+    await submitted(smsc, 1, process)
+    await until(lambda: len(events(receiver)) == 2, what="the session.ended event")
+
+    ended = [e for e in events(receiver).values() if e["type"] == "session.ended"]
+    assert len(ended) == 1
+    assert ended[0]["data"]["reason"] == "timeout"
+    assert ended[0]["data"]["session"]["id"] == 9
