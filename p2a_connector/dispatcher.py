@@ -24,8 +24,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hyperlink import EncodedURL
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import (
     CancelledError,
@@ -37,6 +35,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from p2a_connector import replies, signing
@@ -49,9 +48,9 @@ from p2a_connector.webhook_http import (
     _describe,
     _drain,
     _Endpoints,
-    _NoCookies,
     _retried,
     parse_retry_after,
+    request_url,
     retry_delay,
 )
 
@@ -132,7 +131,7 @@ class Dispatcher(Service):
             )
         self._pool = pool
         agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)
-        self._client = HTTPClient(agent, cookiejar=_NoCookies())
+        self._agent = agent
         self._lane_options = {
             "schedule": tuple(schedule),
             "random": random,
@@ -149,7 +148,7 @@ class Dispatcher(Service):
         return _Lane(
             webhook,
             self.spool,
-            self._client,
+            self._agent,
             self._reactor,
             metrics=self.metrics,
             **self._lane_options,
@@ -259,7 +258,7 @@ class _Lane:
         self,
         webhook: WebhookConfig,
         spool: Spool,
-        client: HTTPClient,
+        agent: Agent,
         reactor: Any,
         *,
         schedule: tuple[float, ...],
@@ -271,7 +270,7 @@ class _Lane:
     ):
         self.webhook = webhook
         self._on_replies = on_replies
-        self._url = EncodedURL.from_text(webhook.url)
+        self._url = request_url(webhook.url)
         self._metrics = metrics.webhook(webhook.name)
         self._spool_errors = metrics.spool_errors
         # Every delivery under way, from its POST to its recorded outcome;
@@ -287,7 +286,7 @@ class _Lane:
         # hands an untouched event to another instance (``claim_idle``).
         self._ready: deque[PendingEvent] = deque()
         self._spool = spool
-        self._client = client
+        self._agent = agent
         self._reactor = reactor
         self._schedule = schedule
         self._random = random
@@ -318,7 +317,7 @@ class _Lane:
     def reconfigure(self, webhook: WebhookConfig) -> None:
         """New settings for the next attempt; posts under way keep theirs."""
         self.webhook = webhook
-        self._url = EncodedURL.from_text(webhook.url)
+        self._url = request_url(webhook.url)
         # A higher concurrency has free slots to fill now.
         self.look()
 
@@ -558,14 +557,11 @@ class _Lane:
     def _post(self, event: PendingEvent) -> Deferred[IResponse]:
         webhook = self.webhook
         timestamp = int(self._reactor.seconds())
-        request = self._client.post(
-            self._url,
-            data=_Body(event.body),
-            headers=signing.headers(
-                webhook.secrets, event.id, timestamp, event.body, webhook.headers
-            ),
-            allow_redirects=False,
-            unbuffered=True,
+        headers = signing.headers(
+            webhook.secrets, event.id, timestamp, event.body, webhook.headers
+        )
+        request = self._agent.request(
+            b"POST", self._url, Headers(headers), _Body(event.body)
         )
 
         # Not Deferred.addTimeout: cancelling an HTTP request fails it with

@@ -12,7 +12,8 @@ import pytest
 import pytest_twisted
 from test_end_to_end import bound, deliver, events, until
 from twisted.internet import reactor, utils
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, formatEventAsClassicLogText
+from twisted.python.failure import Failure
 
 from p2a_connector import config, logs, traffic
 from p2a_connector.config import ConfigError, LogConfig
@@ -278,3 +279,39 @@ async def test_unwritable_log_file_is_refused_at_start_saying_what_to_do(tmp_pat
         f"log.file: cannot open {missing}: No such file or directory; create its "
         "directory"
     ) in (out + err).decode()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"log_format": "acknowledged {id} on {bind}", "id": "msg_1", "bind": "b"},
+        {"log_format": "x {a!r} {b:.1f}", "a": "q", "b": 1.234},
+        {"log_format": "from {log_system}", "log_system": "smsc"},
+        {"log_format": "two\nlines"},
+        {"log_format": "missing {nothing}"},
+        {"log_format": "call {f()}", "f": lambda: "called"},
+        {"log_format": ""},
+        {},
+    ],
+)
+def test_text_lines_read_as_twisted_writes_them(fields):
+    event = {
+        "log_level": LogLevel.info,
+        "log_namespace": "p2a_connector.intake.Intake",
+        "log_time": 1764787770.5,
+    } | fields
+
+    assert logs.text_line(event) == formatEventAsClassicLogText(event)
+
+
+def test_a_text_line_with_a_failure_carries_its_traceback():
+    failure = Failure(ZeroDivisionError("division by zero"))
+    event = {
+        "log_level": LogLevel.error,
+        "log_namespace": "p2a",
+        "log_time": 1764787770.5,
+        "log_format": "it failed",
+        "log_failure": failure,
+    }
+
+    assert "ZeroDivisionError" in logs.text_line(event)

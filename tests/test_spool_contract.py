@@ -691,6 +691,23 @@ def own_redis(tmp_path):
     server.stop()
 
 
+async def _replicating(replica: RedisServer, timeout: float = 20.0) -> None:
+    """Once the replica has finished its first sync: WAIT counts it from then."""
+    connection = await txredisapi.Connection("127.0.0.1", replica.port, reconnect=False)
+    try:
+        waited = 0.0
+        while waited < timeout:
+            info = await connection.execute_command("INFO", "replication")
+            text = info.decode() if isinstance(info, bytes) else info
+            if "master_link_status:up" in text:
+                return
+            await _tick(0.05)
+            waited += 0.05
+        raise AssertionError(f"the replica did not sync within {timeout} s:\n{text}")
+    finally:
+        await connection.disconnect()
+
+
 @needs_redis
 @pytest_twisted.ensureDeferred
 async def test_with_wait_replicas_a_store_fires_once_the_replica_has_it(
@@ -703,17 +720,16 @@ async def test_with_wait_replicas_a_store_fires_once_the_replica_has_it(
     replica = RedisServer(tmp_path / "replica", replica_of=own_redis.port)
     replica.start()
     try:
+        await _replicating(replica)
         spool = RedisSpool(
-            own_redis.url, Assembler(), reactor, prefix="w", wait_replicas=1
+            own_redis.url,
+            Assembler(),
+            reactor,
+            prefix="w",
+            wait_replicas=1,
+            wait_timeout=0.9,
         )
         await spool.open()
-        # The replica must have finished its first sync before WAIT counts it.
-        for _ in range(100):
-            try:
-                await spool.store(event("msg_probe"))
-                break
-            except SpoolError:
-                await _tick(0.05)
 
         assert await spool.store(event("msg_1")) is not None
         await spool.close()
