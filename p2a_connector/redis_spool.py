@@ -217,8 +217,12 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
             endpoint = HostnameEndpoint(
                 self._reactor, host, port, timeout=self._timeout
             )
+        # WAIT counts only the writes made on its own connection, and the
+        # client spreads commands over its pool: with wait_replicas, one
+        # connection carries everything.
+        poolsize = 1 if self._wait_replicas else 2
         factory = txredisapi.RedisFactory(
-            f"{host}:{port}", db, 2, isLazy=True, **options
+            f"{host}:{port}", db, poolsize, isLazy=True, **options
         )
         # Redis coming back is noticed within a couple of seconds, not the
         # ten the library would wait at most between attempts.

@@ -691,15 +691,18 @@ def own_redis(tmp_path):
     server.stop()
 
 
-async def _replicating(replica: RedisServer, timeout: float = 20.0) -> None:
-    """Once the replica has finished its first sync: WAIT counts it from then."""
-    connection = await txredisapi.Connection("127.0.0.1", replica.port, reconnect=False)
+async def _replicating(master: RedisServer, timeout: float = 20.0) -> None:
+    """
+    Once the master counts its replica online, its first sync over: WAIT
+    counts it from then.
+    """
+    connection = await txredisapi.Connection("127.0.0.1", master.port, reconnect=False)
     try:
         waited = 0.0
         while waited < timeout:
             info = await connection.execute_command("INFO", "replication")
             text = info.decode() if isinstance(info, bytes) else info
-            if "master_link_status:up" in text:
+            if "state=online" in text:
                 return
             await _tick(0.05)
             waited += 0.05
@@ -720,7 +723,7 @@ async def test_with_wait_replicas_a_store_fires_once_the_replica_has_it(
     replica = RedisServer(tmp_path / "replica", replica_of=own_redis.port)
     replica.start()
     try:
-        await _replicating(replica)
+        await _replicating(own_redis)
         spool = RedisSpool(
             own_redis.url,
             Assembler(),
