@@ -256,10 +256,20 @@ def build_event(
 
 def iso_time(t: float) -> str:
     """A unix time as UTC ISO 8601 with milliseconds: 2026-12-03T17:49:30.123Z."""
-    # time.gmtime rather than datetime: this runs three times per message.
+    # This runs several times per message, nearly always within the second
+    # of the call before: the seconds' text is kept, as one tuple, so the
+    # spool thread and the reactor may share it.
+    global _last_second
     millis = round(t * 1000)
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000))
-    return f"{seconds}.{millis % 1000:03d}Z"
+    second = millis // 1000
+    known, text = _last_second
+    if second != known:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{millis % 1000:03d}Z"
+
+
+_last_second: tuple[int, str] = (-1, "")
 
 
 # --- text ---------------------------------------------------------------------

@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
-    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
@@ -33,6 +33,8 @@ from twisted.logger import (
     formatEvent,
     formatEventAsClassicLogText,
 )
+from twisted.python.threadable import isInIOThread
+from zope.interface import implementer
 
 from p2a_connector.config import LogConfig
 
@@ -64,7 +66,7 @@ def configured(log: LogConfig) -> ILogObserver:
     if log.format == "json":
         observer = json_observer(out)
     else:
-        observer = FileLogObserver(out, text_line)
+        observer = LineObserver(out, text_line)
     return FilteringLogObserver(
         observer, [LogLevelFilterPredicate(defaultLogLevel=LEVELS[log.level])]
     )
@@ -124,9 +126,52 @@ class _TimeStamps:
 _stamps = _TimeStamps()
 
 
+@implementer(ILogObserver)
+class LineObserver:
+    """
+    Writes each event as the line ``format`` makes of it, and flushes once
+    per reactor turn rather than once per line, as Twisted's FileLogObserver
+    does: the daemon writes two lines per message, and a flush is a system
+    call.  Lines are flushed at once while the reactor is not running (start
+    and shutdown), and a process killed with SIGKILL loses at most the lines
+    of its last turn.
+    """
+
+    def __init__(self, out: IO[Any], format: Callable[[dict], str | None]):
+        self._out = out
+        self._format = format
+        self._flush_due = False
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        text = self._format(event)
+        if not text:
+            return
+        self._out.write(text)
+        if self._flush_due:
+            return
+        from twisted.internet import reactor
+
+        if not reactor.running:
+            self._out.flush()
+        elif isInIOThread():
+            self._flush_due = True
+            reactor.callLater(0, self._flush)
+        else:
+            self._flush_due = True
+            reactor.callFromThread(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        try:
+            self._out.flush()
+        except OSError:
+            # Nowhere left to report it: the log is where it would go.
+            pass
+
+
 def json_observer(out: IO[Any]) -> ILogObserver:
     """One JSON object per line on ``out``."""
-    return FileLogObserver(out, json_line)
+    return LineObserver(out, json_line)
 
 
 def json_stdout() -> ILogObserver:

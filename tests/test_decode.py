@@ -1347,3 +1347,15 @@ def test_random_pdus_give_an_event_or_a_decode_error():
         events += 1
 
     assert events > 1000
+
+
+def test_iso_time_is_right_across_seconds_and_for_any_order_of_calls():
+    times = [1764787770.999, 1764787771.0004, 1764787770.5, 0.0, 1764787771.9996]
+
+    assert [decode.iso_time(t) for t in times] == [
+        "2025-12-03T18:49:30.999Z",
+        "2025-12-03T18:49:31.000Z",
+        "2025-12-03T18:49:30.500Z",
+        "1970-01-01T00:00:00.000Z",
+        "2025-12-03T18:49:32.000Z",
+    ]

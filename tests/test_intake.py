@@ -9,7 +9,7 @@ from twisted.internet import reactor
 from twisted.logger import capturedLogs
 
 from p2a_connector import config, traffic
-from p2a_connector.intake import Intake, new_event_id
+from p2a_connector.intake import Intake, crockford, new_event_id
 from p2a_connector.models import Address, MOPdu
 from p2a_connector.smpp_status import ESME_ROK, status_code
 from p2a_connector.sqlite_spool import SqliteSpool
@@ -167,3 +167,17 @@ async def test_the_bind_data_coding_override_decides_how_text_reads(intake):
     data = json.loads(due.body)["data"]
     assert data["text"] == "café"
     assert data["encoding"] == "latin1"
+
+
+def test_crockford_writes_128_bits_most_significant_first():
+    assert crockford(bytes(16)) == "0" * 26
+    assert crockford(b"\xff" * 16) == "7" + "Z" * 25
+    assert crockford((1).to_bytes(16, "big")) == "0" * 25 + "1"
+    assert crockford((32).to_bytes(16, "big")) == "0" * 24 + "10"
+
+
+def test_an_event_id_starts_with_the_time_in_milliseconds():
+    event_id = new_event_id(1764787770.5)
+
+    assert event_id.startswith("msg_")
+    assert event_id[4:14] == crockford((1764787770500 << 80).to_bytes(16, "big"))[:10]

@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from test_end_to_end import bound, deliver, events, until
 from twisted.internet import reactor, utils
+from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel, formatEventAsClassicLogText
 from twisted.python.failure import Failure
 
@@ -133,29 +134,58 @@ def test_json_line_writes_a_field_json_cannot_hold_as_its_repr():
     assert line["body"] == repr(b"\x00\xff")
 
 
-def test_configured_level_leaves_out_events_below_it(tmp_path):
+@pytest_twisted.ensureDeferred
+async def test_configured_level_leaves_out_events_below_it(tmp_path):
     path = tmp_path / "connector.log"
     observer = logs.configured(LogConfig(format="json", level="warn", file=str(path)))
     log = Logger(namespace="p2a.test", observer=observer)
 
     log.info("bound {bind}", bind="op1-a")
     log.warn("refused by {limit}", limit="max_pending")
+    await a_reactor_turn()
 
     assert [line["text"] for line in lines(path.read_text())] == [
         "refused by max_pending"
     ]
 
 
-def test_configured_file_is_appended_to(tmp_path):
+@pytest_twisted.ensureDeferred
+async def test_configured_file_is_appended_to(tmp_path):
     path = tmp_path / "connector.log"
     path.write_text("kept\n")
     observer = logs.configured(LogConfig(format="text", file=str(path)))
 
     Logger(namespace="p2a.test", observer=observer).info("bound {bind}", bind="b")
+    await a_reactor_turn()
 
     first, second = path.read_text().splitlines()
     assert first == "kept"
     assert second.endswith("[p2a.test#info] bound b")
+
+
+def a_reactor_turn():
+    """Lines are flushed once per reactor turn."""
+    return deferLater(reactor, 0, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_lines_of_one_turn_are_flushed_together_after_it(tmp_path):
+    path = tmp_path / "connector.log"
+    out = open(path, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115, ASYNC230
+    log = Logger(namespace="p2a.test", observer=logs.LineObserver(out, logs.text_line))
+
+    for n in range(3):
+        log.info("line {n}", n=n)
+    before = path.read_text()
+    await a_reactor_turn()
+    out.close()
+
+    assert before == ""
+    assert [line.rsplit(" ", 1)[1] for line in path.read_text().splitlines()] == [
+        "0",
+        "1",
+        "2",
+    ]
 
 
 # --- the real daemon under twistd ------------------------------------------

@@ -172,6 +172,26 @@ def test_deliver_sm_resp_has_an_empty_message_id_and_any_status():
     assert encoded[16:] == b"\0"
 
 
+def framed(data: bytes) -> tuple[pdu.Header, bytes]:
+    framer = pdu.Framer(65536)
+    framer.feed(data)
+    return framer.next_frame()
+
+
+def test_the_codec_reads_our_responses_to_deliver_sm_and_data_sm():
+    for command, encode in (
+        ("deliver_sm_resp", pdu.encode_deliver_sm_resp),
+        ("data_sm_resp", pdu.encode_data_sm_resp),
+    ):
+        header, body = framed(encode(7, 0))
+
+        decoded = pdu.decode(header, body)
+
+        assert decoded.id.name == command
+        assert decoded.seqNum == 7
+        assert decoded.params["message_id"] in (None, b"")
+
+
 def test_bind_carries_credentials_and_interface_version_34():
     encoded = pdu.encode_bind(
         pdu.BIND_RECEIVER,
