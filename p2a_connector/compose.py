@@ -116,10 +116,17 @@ def compose(
 
     unit = _septets if encoding == "gsm7" else _code_units
     capacity = _CAPACITY[encoding]
-    if sum(map(unit, text)) <= capacity[None]:
+    packed_gsm = packed and encoding == "gsm7" and _SMSC_CODECS[alphabet] is None
+    units = sum(map(unit, text))
+    single_end = _packed_ends(0, capacity[None]) if packed_gsm else None
+    if units <= capacity[None] and not (single_end and single_end(text, units, True)):
         return Composed(encoding, (Part(encode(text, b""), data_coding),))
 
-    pieces = _cut(text, unit, capacity[method])
+    udh_octets = {"udh8": 6, "udh16": 7}.get(method, 0)
+    bad_end = None
+    if packed_gsm:
+        bad_end = _packed_ends(_fill_bits(udh_octets), capacity[method])
+    pieces = _cut(text, unit, capacity[method], bad_end)
     if len(pieces) > max_parts:
         raise ComposeError(
             f"the text needs {len(pieces)} parts of {capacity[method]} {encoding} "
@@ -134,7 +141,8 @@ def compose(
                 (TAG_SAR_TOTAL_SEGMENTS, bytes((total,))),
                 (TAG_SAR_SEGMENT_SEQNUM, bytes((seqnum,))),
             )
-            parts.append(Part(encode(piece, b""), data_coding, tlvs=tlvs))
+            final = seqnum == total
+            parts.append(Part(encode(piece, b"", final), data_coding, tlvs=tlvs))
             continue
         if method == "udh8":
             udh = bytes((5, 0x00, 3, reference % 256, total, seqnum))
@@ -142,7 +150,8 @@ def compose(
             udh = bytes((6, 0x08, 4)) + struct.pack(
                 ">HBB", reference % 65536, total, seqnum
             )
-        parts.append(Part(udh + encode(piece, udh), data_coding, esm_class=UDHI))
+        final = seqnum == total
+        parts.append(Part(udh + encode(piece, udh, final), data_coding, esm_class=UDHI))
     return Composed(encoding, tuple(parts))
 
 
@@ -158,20 +167,55 @@ def _encoding(text: str, alphabet: str) -> str:
     return "gsm7"
 
 
-def _encoder(
-    encoding: str, alphabet: str, packed: bool
-) -> Callable[[str, bytes], bytes]:
-    """How one piece of text becomes the octets after its UDH."""
+def _encoder(encoding: str, alphabet: str, packed: bool) -> Callable[..., bytes]:
+    """How a piece of text becomes the octets after its UDH (given, and
+    whether it is the last piece)."""
     if encoding == "ucs2":
-        return lambda text, udh: text.encode("utf-16-be")
+        return lambda text, udh, final=True: text.encode("utf-16-be")
     codec = _SMSC_CODECS[alphabet]
     if codec is not None:
-        return lambda text, udh: text.encode(codec)
+        return lambda text, udh, final=True: text.encode(codec)
     if packed:
-        return lambda text, udh: gsm7.pack(
-            gsm7.encode(text), fill_bits=_fill_bits(len(udh))
-        )
-    return lambda text, udh: gsm7.encode(text)
+        return _packed
+    return lambda text, udh, final=True: gsm7.encode(text)
+
+
+def _packed(text: str, udh: bytes, final: bool = True) -> bytes:
+    """
+    Packed GSM 7-bit after ``udh``, with a CR where a receiver could misread
+    the end (23.038 6.1.2.3.1): seven spare bits at the end are a CR, not
+    zeros that read as '@'; and a text whose last septet, a CR or '@', ends
+    exactly on an octet boundary gets another CR, else it would look like
+    padding and be dropped.  A CR more at the end shows as nothing.  Only the
+    last part gets either: `_cut` ends no other with spare bits, and every
+    septet of a part before the last is text.
+    """
+    septets = gsm7.encode(text)
+    fill = _fill_bits(len(udh))
+    bits = fill + 7 * len(septets)
+    ambiguous = bits % 8 == 0 and septets[-1:] in (b"\r", b"\x00")
+    if final and (bits % 8 == 1 or ambiguous):
+        septets += b"\r"
+    return gsm7.pack(septets, fill_bits=fill)
+
+
+def _packed_ends(fill: int, size: int) -> Callable[[str, int, bool], bool]:
+    """
+    Where a packed part may not end, for `_cut`: a part before the last may
+    not leave seven spare bits (its receiver, counting septets by octets,
+    would read one more septet than was sent); the last may not be full and
+    end in a CR or '@' on the octet boundary (it has no room for the CR that
+    `_packed` would add, and without it the end looks like padding).
+    """
+
+    def bad(piece: str, used: int, final: bool) -> bool:
+        bits = fill + 7 * used
+        if not final:
+            return bits % 8 == 1
+        last = gsm7.encode(piece[-1:])[-1:]
+        return used == size and bits % 8 == 0 and last in (b"\r", b"\x00")
+
+    return bad
 
 
 def _fill_bits(udh_octets: int) -> int:
@@ -187,14 +231,38 @@ def _code_units(char: str) -> int:
     return 2 if ord(char) > 0xFFFF else 1
 
 
-def _cut(text: str, unit: Callable[[str], int], size: int) -> list[str]:
-    """Pieces of at most ``size`` units, cut only between characters."""
+def _cut(
+    text: str,
+    unit: Callable[[str], int],
+    size: int,
+    bad_end: Callable[[str, int, bool], bool] | None = None,
+) -> list[str]:
+    """
+    Pieces of at most ``size`` units, cut only between characters.
+
+    ``bad_end(piece, units, final)``: a piece may not end so; it ends a
+    character earlier instead, that character starting the next piece.
+    """
+
+    def end_of(start: int, end: int, used: int, final: bool) -> int:
+        while bad_end is not None and end - start > 1:
+            if not bad_end(text[start:end], used, final):
+                break
+            end -= 1
+            used -= unit(text[end])
+            final = False
+        return end
+
     pieces, start, used = [], 0, 0
     for index, char in enumerate(text):
         cost = unit(char)
         if used + cost > size:
-            pieces.append(text[start:index])
-            start, used = index, 0
+            end = end_of(start, index, used, final=False)
+            pieces.append(text[start:end])
+            start, used = end, sum(map(unit, text[end:index]))
         used += cost
-    pieces.append(text[start:])
+    end = end_of(start, len(text), used, final=True)
+    pieces.append(text[start:end])
+    if end < len(text):
+        pieces += _cut(text[end:], unit, size, bad_end)
     return pieces
