@@ -253,7 +253,9 @@ class Intake:
         message_id = envelope["data"]["receipt"].get("message_id")
         if not message_id:
             return event
-        outbound_id = yield self.spool.reply_for(message_id)
+        outbound_id = yield self.spool.reply_for(
+            message_id, envelope["data"]["operator"]
+        )
         if outbound_id is None:
             return event
         envelope["data"]["reply_id"] = outbound_id

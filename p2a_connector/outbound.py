@@ -40,6 +40,14 @@ def reply_id(event_id: str, index: int) -> str:
     return "rpl_" + base64.b32encode(digest).decode().rstrip("=").lower()
 
 
+def receipt_key(operator: str, message_id: str) -> str:
+    """
+    What a receipt is looked up by: the SMSC's message_id, within the
+    operator whose SMSC gave it (two SMSCs may both count from 1).
+    """
+    return f"{operator}|{message_id}"
+
+
 @attrs.frozen
 class Outbound:
     """

@@ -108,7 +108,8 @@ return counted(prefix, 'done')
 """
 
 # ARGV: prefix, id, trail steps, trail keep in ms, now, reference, parts,
-# message_ids JSON, outbound_keep in ms, receipt_keep in ms, message ids...
+# message_ids JSON, outbound_keep in ms, receipt_keep in ms, receipt keys
+# (`outbound.receipt_key`)...
 _OUTBOUND_SENT = """
 local prefix, id = ARGV[1], ARGV[2]
 local ob = prefix .. 'ob:' .. id

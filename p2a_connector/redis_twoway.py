@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 
 from p2a_connector import conversation, trail
 from p2a_connector import redis_outbound as outbound_scripts
-from p2a_connector.outbound import Outbound, OutboundState
+from p2a_connector.outbound import Outbound, OutboundState, receipt_key
 from p2a_connector.redis_commands import _number, _text
 from p2a_connector.spool import Event
 
@@ -175,6 +175,7 @@ class TwoWay:
         reference: int,
         parts_sent: int,
         message_ids: Sequence[str],
+        operator: str,
     ) -> Deferred[None]:
         """
         Some parts were accepted: a retry goes on from ``parts_sent``, and
@@ -188,7 +189,7 @@ class TwoWay:
         indexed = [
             self._command(
                 "SET",
-                self._keys + "rcpt:" + message_id,
+                self._keys + "rcpt:" + receipt_key(operator, message_id),
                 outbound_id,
                 "PX",
                 self._receipt_keep,
@@ -240,7 +241,12 @@ class TwoWay:
         )
 
     def outbound_sent(
-        self, outbound_id: str, *, reference: int, message_ids: Sequence[str]
+        self,
+        outbound_id: str,
+        *,
+        reference: int,
+        message_ids: Sequence[str],
+        operator: str,
     ) -> Deferred[None]:
         """Every part was accepted; each message_id now finds the message."""
         now = self._reactor.seconds()
@@ -260,7 +266,7 @@ class TwoWay:
                 json.dumps(list(message_ids)),
                 self._outbound_keep,
                 self._receipt_keep,
-                *message_ids,
+                *(receipt_key(operator, message_id) for message_id in message_ids),
             )
 
         return ensureDeferred(run())
@@ -300,9 +306,11 @@ class TwoWay:
             lambda row: None if row[0] is None else _outbound_state(row)
         )
 
-    def reply_for(self, message_id: str) -> Deferred[str | None]:
+    def reply_for(self, message_id: str, operator: str) -> Deferred[str | None]:
         """The outbound id of the part the SMSC accepted as ``message_id``."""
-        d = self._command("GET", self._keys + "rcpt:" + message_id)
+        d = self._command(
+            "GET", self._keys + "rcpt:" + receipt_key(operator, message_id)
+        )
         return d.addCallback(lambda value: None if value is None else _text(value))
 
     def outbound_pending(self) -> int:

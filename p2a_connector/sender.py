@@ -490,10 +490,14 @@ class Sender(Service):
                     reference=reference,
                     parts_sent=parts_sent,
                     message_ids=message_ids,
+                    operator=message.operator,
                 )
 
         await self.spool.outbound_sent(
-            message.id, reference=reference, message_ids=message_ids
+            message.id,
+            reference=reference,
+            message_ids=message_ids,
+            operator=message.operator,
         )
         self.log.info(
             "sent {id} to {to} over {bind} in {parts} parts: {message_ids}",

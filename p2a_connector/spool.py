@@ -260,10 +260,16 @@ class Spool(Protocol):
         reference: int,
         parts_sent: int,
         message_ids: Sequence[str],
+        operator: str,
     ) -> Deferred[None]: ...
 
     def outbound_sent(
-        self, outbound_id: str, *, reference: int, message_ids: Sequence[str]
+        self,
+        outbound_id: str,
+        *,
+        reference: int,
+        message_ids: Sequence[str],
+        operator: str,
     ) -> Deferred[None]: ...
 
     def outbound_retry(
@@ -285,8 +291,11 @@ class Spool(Protocol):
 
     def outbound(self, outbound_id: str) -> Deferred[OutboundState | None]: ...
 
-    def reply_for(self, message_id: str) -> Deferred[str | None]:
-        """The outbound id whose part the SMSC accepted as ``message_id``."""
+    def reply_for(self, message_id: str, operator: str) -> Deferred[str | None]:
+        """
+        The outbound id whose part the operator's SMSC accepted as
+        ``message_id`` (the one its receipts name).
+        """
 
     def outbound_pending(self) -> int:
         """Queued outbound messages, without I/O."""

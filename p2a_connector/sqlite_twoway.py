@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 from twisted.internet.defer import Deferred, succeed
 
 from p2a_connector import conversation, sqlite_outbound, trail
-from p2a_connector.outbound import Outbound, OutboundState
+from p2a_connector.outbound import Outbound, OutboundState, receipt_key
 from p2a_connector.spool import Event
 from p2a_connector.sqlite_commit import _Delta
 from p2a_connector.sqlite_outbound import note as _note
@@ -110,12 +110,14 @@ class TwoWay:
         reference: int,
         parts_sent: int,
         message_ids: Sequence[str],
+        operator: str,
     ) -> Deferred[None]:
         """
         Some parts were accepted: a retry goes on from ``parts_sent``, and
         their message_ids find the message already (a receipt can overtake
         the last part).
         """
+        keys = [receipt_key(operator, message_id) for message_id in message_ids]
         now = self._reactor.seconds()
         args = (reference, parts_sent, json.dumps(list(message_ids)))
         steps = self._trail_rows(
@@ -125,16 +127,22 @@ class TwoWay:
         def write(db: sqlite3.Connection) -> tuple[None, int]:
             assignments = "reference = ?, parts_sent = ?, message_ids = ?"
             if sqlite_outbound.update(db, outbound_id, assignments, args):
-                sqlite_outbound.index_receipts(db, outbound_id, message_ids, now)
+                sqlite_outbound.index_receipts(db, outbound_id, keys, now)
                 _note(db, steps)
             return None, 0
 
         return self._write(write)
 
     def outbound_sent(
-        self, outbound_id: str, *, reference: int, message_ids: Sequence[str]
+        self,
+        outbound_id: str,
+        *,
+        reference: int,
+        message_ids: Sequence[str],
+        operator: str,
     ) -> Deferred[None]:
         """Every part was accepted; each message_id now finds the message."""
+        keys = [receipt_key(operator, message_id) for message_id in message_ids]
         now = self._reactor.seconds()
         steps = self._trail_rows(
             outbound_id, trail.step(now, "sent", parts=len(message_ids))
@@ -150,7 +158,7 @@ class TwoWay:
                 args,
             ):
                 return None, _Delta()
-            sqlite_outbound.index_receipts(db, outbound_id, message_ids, now)
+            sqlite_outbound.index_receipts(db, outbound_id, keys, now)
             _note(db, steps)
             return None, _Delta(outbound=-1)
 
@@ -240,13 +248,14 @@ class TwoWay:
 
         return self._in_thread(read)
 
-    def reply_for(self, message_id: str) -> Deferred[str | None]:
+    def reply_for(self, message_id: str, operator: str) -> Deferred[str | None]:
         """The outbound id of the part the SMSC accepted as ``message_id``."""
         sql = "SELECT outbound_id FROM receipt WHERE message_id = ? AND at >= ?"
         since = self._reactor.seconds() - self._receipt_keep
+        key = receipt_key(operator, message_id)
 
         def read(db: sqlite3.Connection) -> tuple[str | None, int]:
-            rows = db.execute(sql, (message_id, since)).fetchall()
+            rows = db.execute(sql, (key, since)).fetchall()
             return (rows[0][0] if rows else None), 0
 
         # Queued behind the writes, not read at once: a receipt can arrive

@@ -918,7 +918,7 @@ async def test_progress_and_retry_keep_where_the_sending_is(spool):
     await spool.outbound_due(now, 10)
 
     await spool.outbound_progress(
-        reply(0).id, reference=77, parts_sent=1, message_ids=["m1"]
+        reply(0).id, reference=77, parts_sent=1, message_ids=["m1"], operator="op1"
     )
     await spool.outbound_retry(
         reply(0).id,
@@ -944,7 +944,9 @@ async def test_progress_and_retry_keep_where_the_sending_is(spool):
 async def test_a_sent_message_is_found_by_each_part_message_id(spool):
     await spool.queue([reply(0)])
 
-    await spool.outbound_sent(reply(0).id, reference=5, message_ids=["m1", "m2"])
+    await spool.outbound_sent(
+        reply(0).id, reference=5, message_ids=["m1", "m2"], operator="op1"
+    )
 
     state = await spool.outbound(reply(0).id)
     assert (state.state, state.message_ids, state.parts_sent) == (
@@ -953,10 +955,22 @@ async def test_a_sent_message_is_found_by_each_part_message_id(spool):
         2,
     )
     assert state.sent_at is not None
-    assert await spool.reply_for("m2") == reply(0).id
-    assert await spool.reply_for("m_unknown") is None
+    assert await spool.reply_for("m2", "op1") == reply(0).id
+    assert await spool.reply_for("m_unknown", "op1") is None
     assert await spool.outbound_due(reactor.seconds(), 10) == []
     assert spool.outbound_pending() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_message_id_from_two_operators_finds_each_one_its_own(spool):
+    mine, theirs = reply(0), reply(1, operator="op2")
+    await spool.queue([mine, theirs])
+
+    await spool.outbound_sent(mine.id, reference=1, message_ids=["7"], operator="op1")
+    await spool.outbound_sent(theirs.id, reference=2, message_ids=["7"], operator="op2")
+
+    assert await spool.reply_for("7", "op1") == mine.id
+    assert await spool.reply_for("7", "op2") == theirs.id
 
 
 @pytest_twisted.ensureDeferred
@@ -964,9 +978,9 @@ async def test_a_part_accepted_before_the_last_is_found_by_its_message_id(spool)
     await spool.queue([reply(0)])
 
     progress = spool.outbound_progress(
-        reply(0).id, reference=5, parts_sent=1, message_ids=["m1"]
+        reply(0).id, reference=5, parts_sent=1, message_ids=["m1"], operator="op1"
     )
-    found = spool.reply_for("m1")
+    found = spool.reply_for("m1", "op1")
 
     await progress
     assert await found == reply(0).id
@@ -994,12 +1008,20 @@ async def test_a_failed_message_stores_its_reply_failed_event(spool):
 async def test_an_outbound_message_has_a_trail(spool):
     await spool.queue([reply(0)])
     await spool.outbound_progress(
-        reply(0).id, reference=5, parts_sent=1, message_ids=["m1"]
+        reply(0).id, reference=5, parts_sent=1, message_ids=["m1"], operator="op1"
     )
     await spool.outbound_retry(
-        reply(0).id, 1, 0.0, "throttled", reference=5, parts_sent=1, message_ids=["m1"]
+        reply(0).id,
+        1,
+        0.0,
+        "throttled",
+        reference=5,
+        parts_sent=1,
+        message_ids=["m1"],
     )
-    await spool.outbound_sent(reply(0).id, reference=5, message_ids=["m1", "m2"])
+    await spool.outbound_sent(
+        reply(0).id, reference=5, message_ids=["m1", "m2"], operator="op1"
+    )
 
     trail = await spool.trail(reply(0).id)
 
@@ -1010,7 +1032,9 @@ async def test_an_outbound_message_has_a_trail(spool):
 async def test_sent_messages_are_forgotten_after_outbound_keep(backend):
     spool = await backend.open(outbound_keep=0.001)
     await spool.queue([reply(0), reply(1)])
-    await spool.outbound_sent(reply(0).id, reference=5, message_ids=["m1"])
+    await spool.outbound_sent(
+        reply(0).id, reference=5, message_ids=["m1"], operator="op1"
+    )
     await _tick(0.01)
 
     await spool.expire(0.0)
