@@ -32,7 +32,14 @@ from typing import Any
 import attrs
 from smpp.pdu import constants
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    FailureGroup,
+    race,
+    succeed,
+)
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -376,6 +383,31 @@ class Sender(Service):
         service = bound[turn % len(bound)]
         return service, service.session
 
+    async def _bound_within(
+        self, operator: str, seconds: float
+    ) -> tuple[BindService, ESMEProtocol] | None:
+        """
+        A bind of ``operator`` as soon as one is bound (it is reconnecting,
+        or the daemon has just started), if that is within ``seconds``.
+        """
+        services = [s for s in self._transmitting(operator) if s.running]
+        if not services:
+            return None
+        waiting = race([service.whenBound() for service in services])
+        timer = self._reactor.callLater(seconds, waiting.cancel)
+        try:
+            await waiting
+        except FailureGroup:
+            # Timed out, or every bind stopped (a reload), or this send was
+            # abandoned at shutdown, which must end it as a cancellation.
+            if not self.running:
+                raise CancelledError() from None
+            return None
+        finally:
+            if timer.active():
+                timer.cancel()
+        return self._pick(operator)
+
     def _transmitter(self, bind: BindConfig) -> _Transmitter:
         transmitter = self._transmitters.get(bind.name)
         if transmitter is None or transmitter.bind != bind:
@@ -417,6 +449,10 @@ class Sender(Service):
         attempt = state.attempt + 1
 
         picked = self._pick(message.operator)
+        if picked is None:
+            picked = await self._bound_within(
+                message.operator, self.config.outbound.no_bind_delay
+            )
         if picked is None:
             error = f"operator {message.operator} has no bound transmitting bind"
             await self._retry(state, attempt, error, self.config.outbound.no_bind_delay)

@@ -388,6 +388,30 @@ async def test_an_operator_with_only_a_receiver_bind_retries_after_no_bind_delay
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_reply_waiting_for_its_bind_goes_as_soon_as_the_bind_is_up(harness):
+    harness.simulator.refuse_status = status_code("ESME_RBINDFAIL")
+    service = BindService(
+        harness.make_bind(name="late", submit_rate=0, reconnect_initial=0.05),
+        lambda mo, session: succeed(0),
+        reactor,
+    )
+    service.startService()
+    harness.services.append(service)
+    # The sender's clock stands still: only the bind coming up can let the
+    # reply go before no_bind_delay.
+    harness.start(pump=False)
+
+    await harness.queue("wait for me")
+    await task.deferLater(reactor, 0.3, lambda: None)
+    harness.simulator.refuse_status = None
+    [submitted] = await harness.simulator.whenSubmitted(1).addTimeout(5, reactor)
+
+    assert submitted.pdu.short_message == b"wait for me"
+    state = await harness.state_becomes("rpl_1", "sent", None)
+    assert state.attempt == 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_replies_take_turns_over_the_bound_transmitting_binds(harness):
     await harness.bind(mode="transmitter")
     await harness.bind(mode="transceiver")
