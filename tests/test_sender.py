@@ -5,10 +5,12 @@ limit, throttle pauses, retries) run on a `Clock` the test moves on.
 """
 
 import json
+import os
 import tomllib
 
 import pytest
 import pytest_twisted
+from redis_server import RedisServer, available
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, succeed
 
@@ -23,6 +25,7 @@ from p2a_connector.config import (
 )
 from p2a_connector.harness import config_text
 from p2a_connector.outbound import Outbound
+from p2a_connector.redis_spool import RedisSpool
 from p2a_connector.sender import PSSR_RESPONSE, USSR_REQUEST, Sender, TokenBucket
 from p2a_connector.service import Connector
 from p2a_connector.smpp_status import status_code
@@ -181,9 +184,24 @@ class Harness:
                 await service.stopService()
 
 
-@pytest_twisted.async_yield_fixture
-async def spool(tmp_path):
-    spool = SqliteSpool(str(tmp_path / "spool.db"), _no_segments, reactor)
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if not available():
+        pytest.skip("no redis-server binary on this machine")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest_twisted.async_yield_fixture(params=["sqlite", "redis"])
+async def spool(request, tmp_path):
+    """Each test runs on both spools: the Sender needs only the protocol."""
+    if request.param == "sqlite":
+        spool = SqliteSpool(str(tmp_path / "spool.db"), _no_segments, reactor)
+    else:
+        url = request.getfixturevalue("redis_server").url
+        spool = RedisSpool(url, _no_segments, reactor, prefix=os.urandom(4).hex())
     await spool.open()
     yield spool
     await spool.close()
