@@ -60,6 +60,11 @@ class _Collector:
             "Bytes held by messages waiting for more segments.",
             value=reassemblies.bytes,
         )
+        yield GaugeMetricFamily(
+            "p2a_outbound_queued",
+            "Replies and outbound API messages stored and not yet sent.",
+            value=connector.spool.outbound_pending(),
+        )
 
 
 class _Health(Resource):

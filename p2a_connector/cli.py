@@ -214,7 +214,8 @@ def describe_status(url: str, body: dict) -> str:
         f"spool {body.get('spool')}: {body.get('pending')} pending, "
         f"{'?' if letters is None else letters} dead letter(s), "
         f"{reassemblies.get('open', 0)} reassemblies open "
-        f"({reassemblies.get('bytes', 0)} bytes)"
+        f"({reassemblies.get('bytes', 0)} bytes), "
+        f"{body.get('outbound_queued', 0)} outbound to send"
     )
     lines = [f"{body.get('role', '?')} process at {where}: {state}", spool]
     for bind in body.get("binds", []):

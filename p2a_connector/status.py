@@ -59,6 +59,7 @@ async def status(connector) -> dict[str, Any]:
     spool = connector.spool
     reassemblies = spool.reassemblies()
     body["pending"] = spool.pending()
+    body["outbound_queued"] = spool.outbound_pending()
     body["reassemblies"] = {"open": reassemblies.count, "bytes": reassemblies.bytes}
     body["dead_letters"] = None
     if body["spool"] == "ok":

@@ -458,6 +458,7 @@ async def test_admin_endpoint_answers_health_readiness_and_metrics(daemon, smsc)
     assert (await ready.json())["binds_down"] == []
     assert 'p2a_bind_up{bind="op1-a",operator="op1"} 1.0' in metrics
     assert "p2a_events_pending 0.0" in metrics
+    assert "p2a_outbound_queued 0.0" in metrics
 
 
 @pytest_twisted.ensureDeferred

@@ -123,6 +123,8 @@ async def test_status_command_reports_binds_pending_and_dead_letters(
     body = json.loads(raw)
     assert body["ready"] is True
     assert (body["pending"], body["dead_letters"]) == (0, 1)
+    assert body["outbound_queued"] == 0
+    assert "0 outbound to send" in text
     assert [b["state"] for b in body["binds"]] == ["bound"]
 
 
