@@ -1,0 +1,447 @@
+"""
+One webhook's lane: at most ``concurrency`` posts at a time, each signed,
+sent, and its outcome recorded in the spool — delivered (with the replies
+the answer asks for, `p2a_connector.replies`), retried on the schedule, or
+dead-lettered.  `p2a_connector.dispatcher.Dispatcher` runs one per webhook.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+)
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from p2a_connector import replies, signing
+from p2a_connector.config import WebhookConfig
+from p2a_connector.metrics import Metrics
+from p2a_connector.spool import PendingEvent, Spool, SpoolError
+from p2a_connector.webhook_http import (
+    _Body,
+    _describe,
+    _drain,
+    _retried,
+    parse_retry_after,
+    request_url,
+    retry_delay,
+)
+
+# The most of a 2xx answer read for replies: ten long texts and their JSON.
+MAX_ANSWER = 256 * 1024
+
+
+# How long a lane waits before asking again when the spool fails.
+SPOOL_PAUSE = 5.0
+
+
+def _note(attempt: int, answer: int | str, elapsed: float) -> dict:
+    """What an attempt's step in the trail says: the answer and how long it took."""
+    return {
+        "attempt": attempt,
+        "status": answer,
+        "duration_ms": round(elapsed * 1000, 1),
+    }
+
+
+class Lane:
+    """
+    Delivery to one webhook: at most ``concurrency`` posts at a time.
+
+    A lane is idle, looking (a spool query under way) or sleeping (a timer
+    set for the next due event).  Whatever asks it to look while it is
+    already looking makes it look once more afterwards, so no wake is lost.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        webhook: WebhookConfig,
+        spool: Spool,
+        agent: Agent,
+        reactor: Any,
+        *,
+        schedule: tuple[float, ...],
+        random: Callable[[], float],
+        batch: int,
+        idle_check: float,
+        metrics: Metrics,
+        on_replies: Callable[[], None],
+    ):
+        self.webhook = webhook
+        self._on_replies = on_replies
+        self._url = request_url(webhook.url)
+        self._metrics = metrics.webhook(webhook.name)
+        self._spool_errors = metrics.spool_errors
+        # Every delivery under way, from its POST to its recorded outcome;
+        # `_posting` is the part of them with a request still open, which is
+        # what ``concurrency`` bounds: waiting for the spool to commit an
+        # outcome holds no connection, so it does not hold a slot either.
+        self.posts: dict[str, Deferred[None]] = {}
+        self._posting: set[str] = set()
+        # Due events fetched beyond the free slots, so a slot that frees up
+        # is refilled at once instead of after a spool query.  At most one
+        # more round of ``concurrency``: an event waits here no longer than
+        # a post takes, well within the time after which a shared spool
+        # hands an untouched event to another instance (``claim_idle``).
+        self._ready: deque[PendingEvent] = deque()
+        self._spool = spool
+        self._agent = agent
+        self._reactor = reactor
+        self._schedule = schedule
+        self._random = random
+        self._batch = batch
+        self._idle_check = idle_check
+        self._running = False
+        self._cancelling = False
+        self._looking = False
+        self._again = False
+        self._timer: IDelayedCall | None = None
+
+    # --- looking for due events -------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self._cancelling = False
+        self.look()
+
+    def stop(self) -> None:
+        self._running = False
+        self._ready.clear()
+        self._cancel_timer()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def reconfigure(self, webhook: WebhookConfig) -> None:
+        """New settings for the next attempt; posts under way keep theirs."""
+        self.webhook = webhook
+        self._url = request_url(webhook.url)
+        # A higher concurrency has free slots to fill now.
+        self.look()
+
+    def cancel(self) -> None:
+        """Abandon the posts under way; their events stay pending."""
+        self._cancelling = True
+        for post in list(self.posts.values()):
+            post.cancel()
+
+    def look(self) -> None:
+        if not self._running:
+            return
+        self._fill()
+        if self._looking:
+            self._again = True
+            return
+        self._cancel_timer()
+        if len(self._posting) >= self.webhook.concurrency:
+            return
+
+        self._looking = True
+        d = Deferred.fromCoroutine(self._look())
+        d.addErrback(self._look_failed)
+        d.addBoth(self._looked)
+
+    async def _look(self) -> None:
+        name = self.webhook.name
+
+        # Only asked with nothing ready, so excluding the posts excludes
+        # every event this lane holds.
+        concurrency = self.webhook.concurrency
+        wanted = min(2 * concurrency - len(self._posting), self._batch)
+        now = self._reactor.seconds()
+        events = await self._spool.due(now, wanted, tuple(self.posts), webhook=name)
+        if not self._running:
+            return
+        self._ready.extend(events)
+        self._fill()
+        if len(self._posting) >= self.webhook.concurrency:
+            return
+
+        next_at = await self._spool.next_due(webhook=name, exclude=tuple(self.posts))
+        delay = self._idle_check
+        if next_at is not None:
+            delay = min(next_at - self._reactor.seconds(), delay)
+        self._sleep(delay)
+
+    def _look_failed(self, failure: Failure) -> None:
+        if failure.check(SpoolError):
+            self._spool_errors["due"].inc()
+            self.log.error(
+                "cannot read the spool for {webhook}: {error}; "
+                "trying again in {pause}s",
+                webhook=self.webhook.name,
+                error=failure.value,
+                pause=SPOOL_PAUSE,
+            )
+        else:
+            self.log.failure(
+                "unexpected error looking for events for {webhook}",
+                failure,
+                webhook=self.webhook.name,
+            )
+        self._sleep(SPOOL_PAUSE)
+
+    def _looked(self, _: Any) -> None:
+        self._looking = False
+        if self._again:
+            self._again = False
+            self.look()
+
+    def _sleep(self, delay: float) -> None:
+        if not self._running:
+            return
+        self._cancel_timer()
+        self._timer = self._reactor.callLater(max(delay, 0.0), self.look)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # --- delivering one event ---------------------------------------------
+
+    def _fill(self) -> None:
+        while self._ready and len(self._posting) < self.webhook.concurrency:
+            self._start(self._ready.popleft())
+
+    def _start(self, event: PendingEvent) -> None:
+        self._posting.add(event.id)
+        d = Deferred.fromCoroutine(self._deliver(event))
+        self.posts[event.id] = d
+        d.addErrback(self._failed, event)
+        d.addBoth(self._finished, event)
+
+    def _finished(self, _: Any, event: PendingEvent) -> None:
+        self._posting.discard(event.id)
+        self.posts.pop(event.id, None)
+        self.look()
+
+    def _answered(self, event: PendingEvent) -> None:
+        """The request is over: its slot may carry the next event."""
+        if event.id in self._posting:
+            self._posting.discard(event.id)
+            self.look()
+
+    def _failed(self, failure: Failure, event: PendingEvent) -> None:
+        if failure.check(CancelledError):
+            return
+        if failure.check(SpoolError):
+            self.log.error(
+                "cannot record the outcome of {id} for {webhook}: {error}; "
+                "it stays pending and will be posted again",
+                id=event.id,
+                webhook=self.webhook.name,
+                error=failure.value,
+            )
+        else:
+            self.log.failure(
+                "unexpected error delivering {id} to {webhook}",
+                failure,
+                id=event.id,
+                webhook=self.webhook.name,
+            )
+        self._sleep(SPOOL_PAUSE)
+
+    async def _deliver(self, event: PendingEvent) -> None:
+        attempt = event.attempt + 1
+        started = self._reactor.seconds()
+
+        try:
+            response = await self._post(event)
+        except Exception:  # noqa: BLE001 - any failure to post is retried
+            failure = Failure()
+            self._answered(event)
+            if self._cancelling or failure.check(CancelledError):
+                self.log.info(
+                    "cancelled {id} to {webhook} attempt {attempt}; it stays pending",
+                    id=event.id,
+                    webhook=self.webhook.name,
+                    attempt=attempt,
+                )
+                return
+            answer = "timeout" if failure.check(TimeoutError) else "error"
+            elapsed = self._reactor.seconds() - started
+            self._metrics.answered(answer, elapsed)
+            await self._retry(
+                event,
+                attempt,
+                _describe(failure, self.webhook.timeout),
+                None,
+                _note(attempt, answer, elapsed),
+            )
+            return
+
+        elapsed = self._reactor.seconds() - started
+        self._metrics.answered(response.code, elapsed)
+        status = response.code
+        answerable = 200 <= status <= 299 and event.type == "message.received"
+        body = await _drain(
+            response,
+            self.webhook.timeout - elapsed,
+            self._reactor,
+            keep=MAX_ANSWER if answerable else 0,
+        )
+        self._answered(event)
+
+        note = _note(attempt, status, elapsed)
+        if 200 <= status <= 299:
+            answer = self._answer(event, response, body) if answerable else None
+            queued = answer.replies if answer is not None else ()
+            await self._recorded(
+                "delivered",
+                self._spool.delivered,
+                event.id,
+                note,
+                *((queued,) if queued else ()),
+            )
+            if queued:
+                self._on_replies()
+            self._metrics.attempts["delivered"].inc()
+            self.log.info(
+                "delivered {id} to {webhook} status {status} attempt {attempt}",
+                id=event.id,
+                webhook=self.webhook.name,
+                status=status,
+                attempt=attempt,
+            )
+        elif _retried(status):
+            retry_after = parse_retry_after(
+                response.headers.getRawHeaders(b"retry-after", [None])[-1],
+                self._reactor.seconds(),
+            )
+            await self._retry(event, attempt, f"HTTP {status}", retry_after, note)
+        else:
+            await self._dead(event, attempt, f"HTTP {status}", note)
+
+    def _answer(
+        self, event: PendingEvent, response: IResponse, body: bytes | None
+    ) -> replies.Answer:
+        """The replies in a webhook's 2xx answer; what is wrong is logged."""
+        if body is None:
+            self.log.warn(
+                "the answer of {webhook} to {id} is over {size} bytes or did not "
+                "end in time; any reply in it is not sent",
+                webhook=self.webhook.name,
+                id=event.id,
+                size=MAX_ANSWER,
+            )
+            return replies.Answer()
+        content_type = response.headers.getRawHeaders(b"content-type", [None])[-1]
+        answer = replies.read(
+            body,
+            content_type.decode("latin-1") if content_type else None,
+            event_id=event.id,
+            event_body=event.body,
+            webhook=self.webhook.name,
+            now=self._reactor.seconds(),
+        )
+        for problem in answer.problems:
+            self.log.warn(
+                "the answer of {webhook} to {id}: {problem}",
+                webhook=self.webhook.name,
+                id=event.id,
+                problem=problem,
+            )
+        for reply in answer.replies:
+            self.log.info(
+                "reply {reply} to {id} queued for {to} via {operator}",
+                reply=reply.id,
+                id=event.id,
+                to=reply.destination.get("address"),
+                operator=reply.operator,
+            )
+        return answer
+
+    def _post(self, event: PendingEvent) -> Deferred[IResponse]:
+        webhook = self.webhook
+        timestamp = int(self._reactor.seconds())
+        headers = signing.headers(
+            webhook.secrets, event.id, timestamp, event.body, webhook.headers
+        )
+        request = self._agent.request(
+            b"POST", self._url, Headers(headers), _Body(event.body)
+        )
+
+        # Not Deferred.addTimeout: cancelling an HTTP request fails it with
+        # ResponseNeverReceived, which addTimeout would not recognise.
+        deadline = self._reactor.callLater(webhook.timeout, request.cancel)
+
+        def settled(result: Any) -> Any:
+            if deadline.active():
+                deadline.cancel()
+            elif isinstance(result, Failure):
+                return Failure(TimeoutError(f"no response in {webhook.timeout}s"))
+            return result
+
+        return request.addBoth(settled)
+
+    async def _retry(
+        self,
+        event: PendingEvent,
+        attempt: int,
+        error: str,
+        retry_after: float | None,
+        note: dict | None = None,
+    ) -> None:
+        delay = retry_delay(self._schedule, attempt, self._random, retry_after)
+        if delay is None:
+            attempts = "1 attempt" if attempt == 1 else f"{attempt} attempts"
+            reason = f"{error}; gave up after {attempts}"
+            await self._dead(event, attempt, reason, note)
+            return
+
+        next_at = self._reactor.seconds() + delay
+        await self._recorded(
+            "retry", self._spool.retry, event.id, attempt, next_at, error, note
+        )
+        self._metrics.attempts["retry"].inc()
+        self.log.info(
+            "retry {id} to {webhook}: attempt {attempt} failed ({error}); "
+            "next in {delay:.1f}s",
+            id=event.id,
+            webhook=self.webhook.name,
+            attempt=attempt,
+            error=error,
+            delay=delay,
+        )
+
+    async def _dead(
+        self,
+        event: PendingEvent,
+        attempt: int,
+        reason: str,
+        note: dict | None = None,
+    ) -> None:
+        await self._recorded("dead", self._spool.dead, event.id, attempt, reason, note)
+        self._metrics.attempts["dead"].inc()
+        self._metrics.dead_letters.inc()
+        self.log.warn(
+            "dead-lettered {id} for {webhook} after attempt {attempt}: {reason}",
+            id=event.id,
+            webhook=self.webhook.name,
+            attempt=attempt,
+            reason=reason,
+        )
+
+    async def _recorded(self, operation: str, record: Callable, *args: Any) -> None:
+        """Record an outcome in the spool, counting the spool's failures."""
+        # An outcome the spool could not record is not counted as an attempt:
+        # the event stays pending and is posted again.
+        try:
+            await record(*args)
+        except SpoolError:
+            self._spool_errors[operation].inc()
+            raise
