@@ -25,7 +25,6 @@ seconds, since other instances queue messages too.
 from __future__ import annotations
 
 import random as _random
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,7 +37,6 @@ from twisted.internet.defer import (
     DeferredList,
     FailureGroup,
     race,
-    succeed,
 )
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -56,6 +54,7 @@ from p2a_connector.session import ESMEProtocol, SubmitResult, SubmitTimeout
 from p2a_connector.smpp_status import status_code
 from p2a_connector.spool import Event, Spool, SpoolError
 from p2a_connector.tlv import TAG_ITS_SESSION_INFO, TAG_USSD_SERVICE_OP
+from p2a_connector.token_bucket import TokenBucket
 
 # The longest the sender goes without looking at the spool.
 POLL = 1.0
@@ -80,92 +79,6 @@ USSR_REQUEST = 2
 PSSR_RESPONSE = 17
 
 _RETRIED_FAILURES = (SubmitTimeout, ConnectionDone, ConnectionLost)
-
-
-class TokenBucket:
-    """
-    At most ``rate`` takes per second, spaced evenly; ``rate`` 0 means no
-    limit.  Takers wait in order.  `pause` holds every taker until a time.
-
-    The bucket holds ``burst`` tokens at most (one by default), so after an
-    idle spell no more than ``burst`` takes go at once.
-    """
-
-    def __init__(self, rate: float, clock: IReactorTime, *, burst: float = 1.0):
-        if rate < 0:
-            raise ValueError(f"rate must be 0 or more, got {rate}")
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._tokens = burst
-        self._updated = clock.seconds()
-        self._paused_until = 0.0
-        self._waiters: deque[Deferred[None]] = deque()
-        self._timer: IDelayedCall | None = None
-
-    def take(self) -> Deferred[None]:
-        """Fires when the caller may send one submit_sm."""
-        if not self._waiters and self._ready():
-            self._spend()
-            return succeed(None)
-        waiter: Deferred[None] = Deferred(self._forget)
-        self._waiters.append(waiter)
-        self._schedule()
-        return waiter
-
-    def pause(self, seconds: float) -> None:
-        """Let nobody take before ``seconds`` from now."""
-        self._paused_until = max(self._paused_until, self._clock.seconds() + seconds)
-        self._schedule()
-
-    def cancel(self) -> None:
-        """Fail every waiter with CancelledError (the sender stops)."""
-        waiters, self._waiters = self._waiters, deque()
-        self._stop_timer()
-        for waiter in waiters:
-            waiter.errback(Failure(CancelledError("the sender is stopping")))
-
-    def _ready(self) -> bool:
-        now = self._clock.seconds()
-        if now < self._paused_until:
-            return False
-        if self.rate == 0:
-            return True
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
-        return self._tokens >= 1
-
-    def _spend(self) -> None:
-        if self.rate:
-            self._tokens -= 1
-
-    def _wait(self) -> float:
-        now = self._clock.seconds()
-        wait = max(self._paused_until - now, 0.0)
-        if self.rate and self._tokens < 1:
-            wait = max(wait, (1 - self._tokens) / self.rate)
-        return wait
-
-    def _schedule(self) -> None:
-        self._stop_timer()
-        if self._waiters:
-            self._timer = self._clock.callLater(self._wait(), self._release)
-
-    def _release(self) -> None:
-        self._timer = None
-        while self._waiters and self._ready():
-            self._spend()
-            self._waiters.popleft().callback(None)
-        self._schedule()
-
-    def _forget(self, waiter: Deferred[None]) -> None:
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
 
 class _Transmitter:

@@ -26,10 +26,11 @@ from p2a_connector.config import (
 from p2a_connector.harness import config_text
 from p2a_connector.outbound import Outbound
 from p2a_connector.redis_spool import RedisSpool
-from p2a_connector.sender import PSSR_RESPONSE, USSR_REQUEST, Sender, TokenBucket
+from p2a_connector.sender import PSSR_RESPONSE, USSR_REQUEST, Sender
 from p2a_connector.service import Connector
 from p2a_connector.smpp_status import status_code
 from p2a_connector.sqlite_spool import SqliteSpool
+from p2a_connector.token_bucket import TokenBucket
 
 # --- the rate limit ---------------------------------------------------------
 
