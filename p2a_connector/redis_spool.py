@@ -407,12 +407,8 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         note: Mapping[str, Any] | None = None,
     ) -> Deferred[None]:
         """Record a failed attempt; the event is due again at ``next_at``."""
-        failed = trail.step(
-            self._reactor.seconds(),
-            "attempt_failed",
-            **({"attempt": attempt} | dict(note or {})),
-            error=error,
-            next_at=next_at,
+        failed = trail.attempt_failed(
+            self._reactor.seconds(), attempt, error, next_at, note
         )
         return self._done(
             scripts.RETRY,

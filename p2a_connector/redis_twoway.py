@@ -74,11 +74,8 @@ class TwoWay:
         """Four script arguments per message to queue (queue_all)."""
         args = []
         for message in messages:
-            queued = trail.step(
-                now,
-                "queued",
-                operator=message.operator,
-                in_reply_to=message.in_reply_to,
+            queued = trail.queued(
+                now, operator=message.operator, in_reply_to=message.in_reply_to
             )
             args += [message.id, message.operator, message.dumps(), self._steps(queued)]
         return args
@@ -220,13 +217,8 @@ class TwoWay:
         message_ids: Sequence[str],
     ) -> Deferred[None]:
         """A failed attempt; the message is due again at ``next_at``."""
-        step = trail.step(
-            self._reactor.seconds(),
-            "retry",
-            attempt=attempt,
-            error=error,
-            next_at=next_at,
-            parts_sent=parts_sent,
+        step = trail.outbound_retry(
+            self._reactor.seconds(), attempt, error, next_at, parts_sent
         )
         return self._outbound_update(
             outbound_id,

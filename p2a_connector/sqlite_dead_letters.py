@@ -30,12 +30,7 @@ class DeadLetters:
     ) -> Deferred[None]:
         """Move an event to the dead letters, with why it will not be retried."""
         now = self._reactor.seconds()
-        dead = trail.step(
-            now,
-            "dead_lettered",
-            **({"attempt": attempt} | dict(note or {})),
-            reason=reason,
-        )
+        dead = trail.dead_lettered(now, attempt, reason, note)
         steps = self._trail_rows(event_id, dead)
 
         def write(db: sqlite3.Connection) -> tuple[None, int]:

@@ -51,11 +51,8 @@ class TwoWay:
         return {
             message.id: self._trail_rows(
                 message.id,
-                trail.step(
-                    now,
-                    "queued",
-                    operator=message.operator,
-                    in_reply_to=message.in_reply_to,
+                trail.queued(
+                    now, operator=message.operator, in_reply_to=message.in_reply_to
                 ),
             )
             for message in messages
@@ -176,13 +173,8 @@ class TwoWay:
         message_ids: Sequence[str],
     ) -> Deferred[None]:
         """A failed attempt; the message is due again at ``next_at``."""
-        step = trail.step(
-            self._reactor.seconds(),
-            "retry",
-            attempt=attempt,
-            error=error,
-            next_at=next_at,
-            parts_sent=parts_sent,
+        step = trail.outbound_retry(
+            self._reactor.seconds(), attempt, error, next_at, parts_sent
         )
         return self._outbound_update(
             outbound_id,

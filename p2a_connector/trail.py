@@ -61,6 +61,43 @@ def stored(at: float, *, webhook: str, type: str) -> dict:
     return step(at, "stored", webhook=webhook, type=type)
 
 
+def attempt_failed(
+    at: float,
+    attempt: int,
+    error: str,
+    next_at: float,
+    note: Mapping[str, Any] | None = None,
+) -> dict:
+    """A post that failed and is retried; ``note`` is the dispatcher's facts."""
+    facts = {"attempt": attempt} | dict(note or {})
+    return step(at, "attempt_failed", **facts, error=error, next_at=next_at)
+
+
+def dead_lettered(
+    at: float, attempt: int, reason: str, note: Mapping[str, Any] | None = None
+) -> dict:
+    facts = {"attempt": attempt} | dict(note or {})
+    return step(at, "dead_lettered", **facts, reason=reason)
+
+
+def queued(at: float, *, operator: str, in_reply_to: str | None) -> dict:
+    """An outbound message kept for sending."""
+    return step(at, "queued", operator=operator, in_reply_to=in_reply_to)
+
+
+def outbound_retry(
+    at: float, attempt: int, error: str, next_at: float, parts_sent: int
+) -> dict:
+    return step(
+        at,
+        "retry",
+        attempt=attempt,
+        error=error,
+        next_at=next_at,
+        parts_sent=parts_sent,
+    )
+
+
 def encode(steps: Iterable[Mapping[str, Any]]) -> list[str]:
     """Steps as compact JSON, one string each (never containing a newline)."""
     return [json.dumps(dict(s), separators=(",", ":")) for s in steps]
