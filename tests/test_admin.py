@@ -11,6 +11,8 @@ import pytest
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
+from test_config import MINIMAL
+from test_end_to_end import daemon, smsc  # noqa: F401 - fixtures used by name
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -20,30 +22,13 @@ from twisted.web.server import Site
 from p2a_connector import config, traffic
 from p2a_connector.bearer import BearerGate
 from p2a_connector.config import ConfigError
-from p2a_connector.harness import Daemon, config_text
+from p2a_connector.harness import Daemon
 from p2a_connector.models import Address
 from p2a_connector.receiver import Receiver
 from p2a_connector.smpp_status import ESME_ROK
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 PHONE = Address("447700900123", 1, 1)
-
-MINIMAL = """
-[[webhook]]
-name = "app"
-url = "http://127.0.0.1:8099/sms"
-secrets = ["whsec_ElcSmdbdDYEKKFTRjSshQl++LMhyVr5n"]
-
-[[operator]]
-name = "op1"
-webhook = "app"
-
-[[operator.bind]]
-host = "127.0.0.1"
-port = 2775
-system_id = "p2a"
-password = "secret"
-"""
 
 
 def load(tmp_path: Path, admin: str) -> config.Config:
@@ -231,31 +216,6 @@ async def rejecting():
     await receiver.stop()
 
 
-@pytest.fixture
-def daemon(tmp_path, receiver, smpp_simulator):
-    started = []
-
-    def start(**extra: str) -> Daemon:
-        path = tmp_path / "connector.toml"
-        path.write_text(
-            config_text(
-                spool=tmp_path / "spool.db",
-                webhook_url=receiver.url,
-                smsc_port=smpp_simulator.listening.getHost().port,
-                **extra,
-            )
-        )
-        process = Daemon(reactor, path, tmp_path / "daemon.log")
-        process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.running:
-            pytest_twisted.blockon(process.kill())
-
-
 async def admin_url(process: Daemon) -> str:
     """The admin endpoint's base URL, once the daemon has logged it."""
     pattern = r"admin endpoint on (http://127\.0\.0\.1:\d+/)"
@@ -297,7 +257,10 @@ webhook = "rejects"
 
 @pytest_twisted.ensureDeferred
 async def test_metrics_count_pdus_responses_attempts_and_dead_letters(
-    daemon, smpp_simulator, receiver, rejecting
+    daemon,  # noqa: F811 - the fixture of test_end_to_end
+    smpp_simulator,
+    receiver,
+    rejecting,
 ):
     receiver.script(503)
     process = daemon(extra=REJECTS.format(url=rejecting.url))
@@ -373,7 +336,10 @@ async def test_metrics_count_pdus_responses_attempts_and_dead_letters(
 
 
 @pytest_twisted.ensureDeferred
-async def test_with_a_token_only_healthz_answers_without_it(daemon, smpp_simulator):
+async def test_with_a_token_only_healthz_answers_without_it(
+    daemon,  # noqa: F811 - the fixture of test_end_to_end
+    smpp_simulator,
+):
     process = daemon(admin_extra=f'token = "{TOKEN}"')
     base = await admin_url(process)
 

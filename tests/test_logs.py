@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from test_config import MINIMAL
 from test_end_to_end import bound, deliver, events, until
 from twisted.internet import reactor, utils
 from twisted.internet.task import deferLater
@@ -20,23 +21,6 @@ from p2a_connector import config, logs, traffic
 from p2a_connector.config import ConfigError, LogConfig
 from p2a_connector.harness import Daemon, config_text
 from p2a_connector.smpp_status import ESME_ROK
-
-MINIMAL = """
-[[webhook]]
-name = "app"
-url = "http://127.0.0.1:8099/sms"
-secrets = ["whsec_ElcSmdbdDYEKKFTRjSshQl++LMhyVr5n"]
-
-[[operator]]
-name = "op1"
-webhook = "app"
-
-[[operator.bind]]
-host = "127.0.0.1"
-port = 2775
-system_id = "p2a"
-password = "secret"
-"""
 
 
 def load(tmp_path: Path, extra: str = "") -> config.Config:
