@@ -76,14 +76,6 @@ async def spool(tmp_path):
 
 
 @pytest_twisted.async_yield_fixture
-async def receiver():
-    receiver = Receiver()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest_twisted.async_yield_fixture
 async def dispatch(spool):
     """Start a dispatcher: ``dispatch(webhooks, **options)``."""
     started = []

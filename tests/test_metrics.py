@@ -22,7 +22,7 @@ from p2a_connector.dispatcher import Dispatcher
 from p2a_connector.intake import Intake
 from p2a_connector.metrics import Metrics
 from p2a_connector.models import Address
-from p2a_connector.receiver import Receiver, Reply
+from p2a_connector.receiver import Reply
 from p2a_connector.service import Connector
 from p2a_connector.session import ESMEProtocol
 from p2a_connector.smpp_status import ESME_ROK, status_code, status_name
@@ -420,14 +420,6 @@ async def spool(tmp_path):
     await spool.open()
     yield spool
     await spool.close()
-
-
-@pytest_twisted.async_yield_fixture
-async def receiver():
-    receiver = Receiver()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
 
 
 @pytest_twisted.async_yield_fixture
