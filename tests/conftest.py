@@ -2,6 +2,7 @@
 
 import pytest
 import pytest_twisted
+from redis_server import RedisServer, available
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
@@ -80,3 +81,14 @@ def receiver():
     pytest_twisted.blockon(receiver.start())
     yield receiver
     pytest_twisted.blockon(receiver.stop())
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A private redis-server for one test module, on a free port."""
+    if not available():
+        pytest.skip("no redis-server binary on this machine")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -10,7 +10,6 @@ import tomllib
 
 import pytest
 import pytest_twisted
-from redis_server import RedisServer, available
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, succeed
 
@@ -183,16 +182,6 @@ class Harness:
         for service in self.services:
             if service.running:
                 await service.stopService()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if not available():
-        pytest.skip("no redis-server binary on this machine")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest_twisted.async_yield_fixture(params=["sqlite", "redis"])

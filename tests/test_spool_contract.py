@@ -70,16 +70,6 @@ async def _tick(delay: float = 0.005) -> None:
     await deferLater(reactor, delay, lambda: None)
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if not available():
-        pytest.skip("no redis-server binary on this machine")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
 class Backends:
     """Makes spools of one backend that share one store, as reopening does."""
 
