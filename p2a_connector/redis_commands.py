@@ -12,12 +12,12 @@ turn the scripts' replies into Python values.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
 import txredisapi
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import TimeoutError as ConnectTimeout
 
@@ -57,6 +57,65 @@ def _filled(event: Event, extra: Sequence[Any]) -> Event:
     if not given:
         return event
     return attrs.evolve(event, body=conversation.fill(event.body, given.encode()))
+
+
+class ScriptBatch:
+    """
+    The calls of one script made in the same reactor turn, sent to Redis as
+    one call that does them all, in order: one command to build, time and
+    parse instead of one per message.  Each caller's Deferred fires with its
+    own result, or all fail together with the call's failure.  A script
+    that fails part way keeps what it did before, as any Redis script does;
+    its callers treat their writes as not done, which can deliver a message
+    twice but never loses one.
+
+    :param send: runs the script for a list of calls' arguments, giving one
+        result per call in the same order.
+    :param limit: the most calls in one script run, which blocks Redis
+        while it runs; more than that are sent at once, as another batch.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[tuple]], Awaitable[Sequence[Any]]],
+        reactor: Any,
+        limit: int = 200,
+    ):
+        self._send = send
+        self._reactor = reactor
+        self._limit = limit
+        self._calls: list[tuple] = []
+        self._waiting: list[Deferred] = []
+        self._flush_call: Any = None
+
+    def add(self, args: tuple) -> Deferred:
+        d: Deferred = Deferred()
+        self._calls.append(args)
+        self._waiting.append(d)
+        if len(self._calls) >= self._limit:
+            self._flush()
+        elif self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        calls, waiting = self._calls, self._waiting
+        self._calls, self._waiting = [], []
+        if not calls:
+            return
+
+        def sent(results: Sequence[Any]) -> None:
+            for d, result in zip(waiting, results):
+                d.callback(result)
+
+        def failed(failure: Any) -> None:
+            for d in waiting:
+                d.errback(failure)
+
+        ensureDeferred(self._send(calls)).addCallbacks(sent, failed)
 
 
 class RedisCommands:

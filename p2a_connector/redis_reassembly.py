@@ -22,7 +22,7 @@ from typing import Any
 
 from p2a_connector import conversation, trail
 from p2a_connector import redis_scripts as scripts
-from p2a_connector.redis_commands import _filled, _number, _text
+from p2a_connector.redis_commands import GROUP, _filled, _number, _text
 from p2a_connector.spool import Event, Segment, SpoolError, SpoolLimit
 
 # A completion that finds its reassembly changed (it expired, say) starts
@@ -102,5 +102,5 @@ class Reassembly:
         now = self._reactor.seconds()
         args = self._event_args(event, now)
         return await self._counted(
-            scripts.FINISH, keys, *args[:2], token, ttl, mode, *args[2:]
+            scripts.FINISH, keys, self._keys, GROUP, token, ttl, mode, *args
         )

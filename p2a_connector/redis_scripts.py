@@ -269,28 +269,43 @@ for _, record in ipairs(records) do out[#out + 1] = record[2] end
 return out
 """
 
-# KEYS: none.  ARGV: prefix, group, id, type, webhook, body, created_at, now,
-# trail steps, trail keep in ms, the seven of context().  Replies the
-# conversation JSON given to the event ('' for none).
+# Stores every event of a batch.  ARGV: prefix, group, then fifteen per
+# event: id, type, webhook, body, created_at, now, trail steps, trail keep
+# in ms, the seven of context().  Its extra is one JSON array (one string
+# to parse, not two elements per event): per event 'stored' or 'duplicate'
+# and the conversation JSON given to it ('' for none).
 _STORE = """
-local added, conversation = store_event(ARGV[1], ARGV[2], ARGV[3], ARGV[4],
-  ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], context(11))
-return counted(ARGV[1], added == 1 and 'stored' or 'duplicate', {conversation})
+local prefix, group = ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV, 15 do
+  local added, conversation = store_event(prefix, group, ARGV[i], ARGV[i + 1],
+    ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7],
+    context(i + 8))
+  out[#out + 1] = added == 1 and 'stored' or 'duplicate'
+  out[#out + 1] = conversation
+end
+return counted(prefix, 'done', {cjson.encode(out)})
 """
 
-# ARGV: prefix, group, id, trail step, trail keep in ms, now, then the
-# replies to queue, four ARGV each (see queue_all).
+# Records the deliveries of a batch.  ARGV: prefix, group, trail keep in
+# ms, then per delivery: id, trail step, now, the number of replies to
+# queue and four ARGV per reply (see queue_all).
 _DELIVERED = """
-local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
-local ev = prefix .. 'ev:' .. id
-if redis.call('HGET', ev, 'state') == 'pending' then
-  note(prefix, id, ARGV[4], ARGV[5])
-  local webhook = forget_entry(prefix, group, ev)
-  redis.call('ZREM', prefix .. 'retry:' .. webhook, id)
-  redis.call('DEL', ev)
-  redis.call('DECR', prefix .. 'pending')
+local prefix, group, keep = ARGV[1], ARGV[2], ARGV[3]
+local i = 4
+while i <= #ARGV do
+  local id, step, now, replies = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local ev = prefix .. 'ev:' .. id
+  if redis.call('HGET', ev, 'state') == 'pending' then
+    note(prefix, id, step, keep)
+    local webhook = forget_entry(prefix, group, ev)
+    redis.call('ZREM', prefix .. 'retry:' .. webhook, id)
+    redis.call('DEL', ev)
+    redis.call('DECR', prefix .. 'pending')
+  end
+  queue_all(prefix, now, keep, i + 4, i + 3 + 4 * replies)
+  i = i + 4 + 4 * replies
 end
-queue_all(prefix, ARGV[6], ARGV[5], 7)
 return counted(prefix, 'done')
 """
 
@@ -345,11 +360,11 @@ local function queue_outbound(prefix, id, operator, message, now, steps, keep)
   return 1
 end
 
--- Queues the messages in ARGV from first on, four each: id, operator,
--- message JSON, trail steps.
-local function queue_all(prefix, now, keep, first)
+-- Queues the messages in ARGV from first to last (#ARGV if not given), four
+-- each: id, operator, message JSON, trail steps.
+local function queue_all(prefix, now, keep, first, last)
   local added = 0
-  for i = first, #ARGV, 4 do
+  for i = first, last or #ARGV, 4 do
     added = added + queue_outbound(prefix, ARGV[i], ARGV[i + 1], ARGV[i + 2], now,
       ARGV[i + 3], keep)
   end
@@ -432,7 +447,9 @@ return out
 # Moves the retries of one webhook that are due into its stream, then hands
 # this consumer, in order: its own unacknowledged entries, entries other
 # consumers left idle for claim_idle ms, and new entries; at most limit, none
-# in exclude.
+# in exclude.  Replies them as one JSON array of [id, type, webhook, body,
+# attempt, created_at, next_at]: a nested reply would be parsed element by
+# element in Python, the JSON at C speed.
 # ARGV: prefix, group, consumer, webhook, now, limit, claim_idle, exclude...
 _DUE = """
 local prefix, group, consumer, webhook = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -450,7 +467,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', retry, '-inf', ARGV[5])) do
   end
   redis.call('ZREM', retry, id)
 end
-if redis.call('EXISTS', stream) == 0 then return {} end
+if redis.call('EXISTS', stream) == 0 then return '[]' end
 
 local out, seen = {}, {}
 local function take(entries)
@@ -487,7 +504,8 @@ if #out < limit then
     'COUNT', limit - #out, 'STREAMS', stream, '>')
   if new then take(new[1][2]) end
 end
-return out
+if #out == 0 then return '[]' end
+return cjson.encode(out)
 """
 
 # When the next event of one webhook not in exclude can be handed out: a

@@ -52,6 +52,7 @@ from p2a_connector.outbound import Outbound
 from p2a_connector.redis_commands import (
     GROUP,
     RedisCommands,
+    ScriptBatch,
     _filled,
     _number,
     _text,
@@ -161,6 +162,9 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         self._refresher: task.LoopingCall | None = None
         self._pending = 0
         self._reassemblies = Reassemblies()
+        # The hot writes, one script call per reactor turn for all messages.
+        self._stores = ScriptBatch(self._store_batch, reactor)
+        self._deliveries = ScriptBatch(self._delivered_batch, reactor)
 
     @property
     def where(self) -> str:
@@ -266,7 +270,11 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         past a bound, and with `SpoolError` when Redis does not answer.
         """
         if isinstance(item, Event):
-            return ensureDeferred(self._replicated(self._store_event(item)))
+            now = self._reactor.seconds()
+            stored = self._stores.add(self._event_args(item, now))
+            return stored.addCallback(
+                lambda result: _filled(item, result) if result else None
+            )
         if isinstance(item, Segment):
             return ensureDeferred(self._replicated(self._store_segment(item)))
         raise TypeError(f"the spool stores Event or Segment, not {type(item)!r}")
@@ -293,17 +301,29 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
             )
         return result
 
-    async def _store_event(self, event: Event) -> Event | None:
-        status, extra = await self._counted(
-            scripts.STORE, (), *self._event_args(event, self._reactor.seconds())
-        )
-        return _filled(event, extra) if status == "stored" else None
-
-    def _event_args(self, event: Event, now: float) -> tuple:
-        done = trail.stored(now, webhook=event.webhook, type=event.type)
-        return (
+    async def _store_batch(self, batch: list[tuple]) -> list[tuple | None]:
+        """
+        Store a batch of events in one script; per event the conversation it
+        was given (as _filled takes it), or None if it was kept already.
+        """
+        stored = self._counted(
+            scripts.STORE,
+            (),
             self._keys,
             GROUP,
+            *(arg for args in batch for arg in args),
+        )
+        _, extra = await self._replicated(stored)
+        flat = json.loads(extra[0])
+        return [
+            (conversation,) if status == "stored" else None
+            for status, conversation in zip(flat[::2], flat[1::2])
+        ]
+
+    def _event_args(self, event: Event, now: float) -> tuple:
+        """The fifteen arguments of one event for the store_event scripts."""
+        done = trail.stored(now, webhook=event.webhook, type=event.type)
+        return (
             event.id,
             event.type,
             event.webhook,
@@ -382,21 +402,21 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         """
         now = self._reactor.seconds()
         done = trail.step(now, "delivered", **(note or {}))
+        queued = self._queued_args(replies, now)
+        return self._deliveries.add(
+            (event_id, self._steps(done), _number(now), len(replies), *queued)
+        )
 
-        async def run() -> None:
-            await self._counted(
-                scripts.DELIVERED,
-                (),
-                self._keys,
-                GROUP,
-                event_id,
-                self._steps(done),
-                self._trail_keep,
-                _number(now),
-                *self._queued_args(replies, now),
-            )
-
-        return ensureDeferred(run())
+    async def _delivered_batch(self, batch: list[tuple]) -> list[None]:
+        await self._counted(
+            scripts.DELIVERED,
+            (),
+            self._keys,
+            GROUP,
+            self._trail_keep,
+            *(arg for args in batch for arg in args),
+        )
+        return [None] * len(batch)
 
     def retry(
         self,
@@ -473,13 +493,13 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
                 round(self._claim_idle * 1000),
                 *exclude,
             )
-            for row in rows:
+            for row in json.loads(rows):
                 event_id, event_type, hook, body, attempt, created, next_at = row
                 pending = PendingEvent(
-                    id=_text(event_id),
-                    type=_text(event_type),
-                    webhook=_text(hook),
-                    body=bytes(body),
+                    id=event_id,
+                    type=event_type,
+                    webhook=hook,
+                    body=body.encode(),
                     attempt=int(attempt),
                     created_at=float(created),
                 )

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from p2a_connector import conversation, trail
 from p2a_connector import redis_outbound as outbound_scripts
 from p2a_connector.outbound import Outbound, OutboundState, receipt_key
-from p2a_connector.redis_commands import _number, _text
+from p2a_connector.redis_commands import GROUP, _number, _text
 from p2a_connector.spool import Event
 
 
@@ -61,10 +61,11 @@ class TwoWay:
             status, _ = await self._counted(
                 outbound_scripts.END_IDLE_SESSION,
                 (),
-                *args[:2],
+                self._keys,
+                GROUP,
                 key,
                 last_at,
-                *args[2:],
+                *args,
             )
             if status == "stored":
                 ended.append(event)
@@ -279,14 +280,15 @@ class TwoWay:
             await self._counted(
                 outbound_scripts.OUTBOUND_FAILED,
                 (),
-                *args[:2],
+                self._keys,
+                GROUP,
                 outbound_id,
                 attempt,
                 reason,
                 self._outbound_keep,
                 self._steps(failed),
                 self._trail_keep,
-                *args[2:],
+                *args,
             )
 
         return ensureDeferred(run())

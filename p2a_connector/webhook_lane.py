@@ -146,7 +146,8 @@ class Lane:
             self._again = True
             return
         self._cancel_timer()
-        if len(self._posting) >= self.webhook.concurrency:
+        concurrency = self.webhook.concurrency
+        if len(self._posting) >= concurrency and len(self._ready) >= concurrency:
             return
 
         self._looking = True
@@ -157,24 +158,30 @@ class Lane:
     async def _look(self) -> None:
         name = self.webhook.name
 
-        # Only asked with nothing ready, so excluding the posts excludes
-        # every event this lane holds.
         concurrency = self.webhook.concurrency
-        wanted = min(2 * concurrency - len(self._posting), self._batch)
+        wanted = min(
+            2 * concurrency - len(self._posting) - len(self._ready), self._batch
+        )
+        held = self._held()
         now = self._reactor.seconds()
-        events = await self._spool.due(now, wanted, tuple(self.posts), webhook=name)
+        events = await self._spool.due(now, wanted, held, webhook=name)
         if not self._running:
             return
-        self._ready.extend(events)
+        held = self._held()
+        self._ready.extend(e for e in events if e.id not in held)
         self._fill()
-        if len(self._posting) >= self.webhook.concurrency:
+        if len(self._posting) >= concurrency:
             return
 
-        next_at = await self._spool.next_due(webhook=name, exclude=tuple(self.posts))
+        next_at = await self._spool.next_due(webhook=name, exclude=self._held())
         delay = self._idle_check
         if next_at is not None:
             delay = min(next_at - self._reactor.seconds(), delay)
         self._sleep(delay)
+
+    def _held(self) -> set[str]:
+        """Every event this lane holds: posting, recording or ready."""
+        return {*self.posts, *(event.id for event in self._ready)}
 
     def _look_failed(self, failure: Failure) -> None:
         if failure.check(SpoolError):

@@ -1206,3 +1206,78 @@ async def test_an_assembled_message_continues_the_senders_conversation(backend):
 
     assert conversation_in(assembled)["turn"] == 2
     assert conversation_in(assembled)["id"] == conversation_in(single)["id"]
+
+
+# --- writes made in one reactor turn (the Redis spool sends them as one script) ---
+
+
+@pytest_twisted.ensureDeferred
+async def test_stores_in_one_turn_each_fire_with_their_own_result(spool):
+    now = reactor.seconds()
+    await spool.store(message("msg_0", now - 5))
+
+    results = await gatherResults(
+        [
+            spool.store(message("msg_1", now - 4)),
+            spool.store(message("msg_0", now - 5)),
+            spool.store(message("msg_2", now - 3, source="447700900002")),
+            spool.store(message("msg_3", now - 2)),
+        ]
+    )
+
+    first, repeated, other, third = results
+    assert repeated is None
+    assert [first.id, other.id, third.id] == ["msg_1", "msg_2", "msg_3"]
+    assert [conversation_in(e)["turn"] for e in (first, other, third)] == [2, 1, 3]
+    assert spool.pending() == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliveries_in_one_turn_are_each_recorded_with_their_replies(spool):
+    for n in range(4):
+        await spool.store(event(f"msg_{n}"))
+    replies = [reply(0, "msg_1"), reply(0, "msg_3")]
+
+    await gatherResults(
+        [
+            spool.delivered("msg_0"),
+            spool.delivered("msg_1", None, replies[:1]),
+            spool.delivered("msg_2"),
+            spool.delivered("msg_3", None, replies[1:]),
+        ]
+    )
+
+    assert spool.pending() == 0
+    assert await spool.due(reactor.seconds(), 10) == []
+    for queued in replies:
+        kept = await spool.outbound(queued.id)
+        assert kept.message == queued
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_redis_sends_the_stores_of_one_turn_as_one_script_call(redis_server):
+    spool = RedisSpool(
+        redis_server.url, Assembler(), reactor, prefix=f"t{os.urandom(4).hex()}"
+    )
+    await spool.open()
+    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
+    try:
+        before = await _evalsha_calls(stats)
+        stored = await gatherResults([spool.store(event(f"msg_{n}")) for n in range(50)])
+        after = await _evalsha_calls(stats)
+    finally:
+        await stats.disconnect()
+        await spool.close()
+
+    assert [e.id for e in stored] == [f"msg_{n}" for n in range(50)]
+    assert after - before == 1
+
+
+async def _evalsha_calls(redis) -> int:
+    info = await redis.execute_command("INFO", "commandstats")
+    text = info.decode() if isinstance(info, bytes) else info
+    for line in text.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
