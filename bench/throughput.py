@@ -435,12 +435,13 @@ def start_redis(work: Path, appendfsync: str) -> RedisServer:
 
 
 def start_daemons(
-    reactor, work: Path, text: str, dispatchers: int
+    reactor, work: Path, text: str, dispatchers: int, nice: int = 0
 ) -> dict[str, Daemon]:
     """
     The daemon processes by name: ``all`` alone, or one ``receiver`` and
     ``dispatcher-1`` ... ``dispatcher-N``, all with the same configuration
-    (a dispatcher never dials the bind it names).
+    (a dispatcher never dials the bind it names).  ``nice`` lowers the
+    dispatchers' CPU priority, as ``Nice=`` in their systemd unit would.
     """
     config = work / "connector.toml"
     config.write_text(text)
@@ -454,8 +455,10 @@ def start_daemons(
         name: Daemon(reactor, config, work / f"{name}.log", args=args)
         for name, args in roles.items()
     }
-    for daemon in daemons.values():
+    for name, daemon in daemons.items():
         daemon.start()
+        if nice and name.startswith("dispatcher"):
+            os.setpriority(os.PRIO_PROCESS, daemon.process.pid, nice)
     return daemons
 
 
@@ -536,7 +539,7 @@ async def _run(reactor, args, deadline, work, messages, texts, redis) -> int:
     text = text.replace(
         "\ntimeout = 5\n", f"\ntimeout = 5\nconcurrency = {args.concurrency}\n"
     )
-    daemons = start_daemons(reactor, work, text, args.dispatchers)
+    daemons = start_daemons(reactor, work, text, args.dispatchers, args.dispatcher_nice)
     binding = daemons.get("all") or daemons["receiver"]
 
     try:
@@ -662,6 +665,7 @@ def _report(args, offer, texts, received, cpu_before, cpu_after, start, end):
             "parts": args.parts,
             "spool": args.spool,
             "dispatchers": args.dispatchers,
+            "dispatcher_nice": args.dispatcher_nice,
             "appendfsync": args.appendfsync if args.spool == "redis" else None,
             "rate": args.rate,
             "window": args.window,
@@ -827,6 +831,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("everysec", "always"),
         default="everysec",
         help="the private redis-server's AOF fsync policy",
+    )
+    parser.add_argument(
+        "--dispatcher-nice",
+        type=int,
+        default=0,
+        help="redis only: the dispatcher processes' nice value (0-19)",
     )
     parser.add_argument(
         "--receiver",

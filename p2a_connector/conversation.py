@@ -79,12 +79,14 @@ def keys_of_body(event_type: str, body: bytes) -> tuple[str | None, tuple | None
     return keys(event_type, json.loads(body).get("data") or {})
 
 
-def new_conversation_id(now: float) -> str:
-    """``cnv_`` and 26 Crockford base32 characters, sorting by time."""
-    # intake imports this module; its id scheme is the one to share.
-    from p2a_connector.intake import new_event_id
-
-    return "cnv_" + new_event_id(now)[4:]
+def conversation_id_for(event_id: str) -> str:
+    """
+    The id of a conversation the event starts: ``cnv_`` and the characters of
+    its ``msg_`` id, unique because a message starts at most one
+    conversation, sorting by time as the event ids do, and made without
+    drawing random bits for every message that only continues one.
+    """
+    return "cnv_" + event_id.removeprefix("msg_")
 
 
 def new_event_id(now: float) -> str:

@@ -19,6 +19,7 @@ Nothing here guesses whether a text is packed: the caller has to know.
 
 from __future__ import annotations
 
+import codecs
 import functools
 from collections.abc import Iterable
 
@@ -81,6 +82,12 @@ def _tables(locking: int, single: int) -> tuple[str, dict[int, str]]:
     return LOCKING.get(locking, DEFAULT), SINGLE.get(single, EXTENSION)
 
 
+@functools.cache
+def _charmap(table: str) -> str:
+    """The decoding table of charmap_decode: the 128 codes, then U+FFFD."""
+    return table + REPLACEMENT * 128
+
+
 def decode(data: bytes, *, locking: int = 0, single: int = 0) -> tuple[str, bool]:
     """
     Decode unpacked GSM 7-bit octets.
@@ -94,6 +101,11 @@ def decode(data: bytes, *, locking: int = 0, single: int = 0) -> tuple[str, bool
         is not itself a replacement; the caller reports it.
     """
     table, shift = _tables(locking, single)
+    if ESCAPE not in data:
+        # No shift to follow: one character per octet, looked up in C.
+        text = codecs.charmap_decode(data, "strict", _charmap(table))[0]
+        return text, REPLACEMENT in text
+
     chars: list[str] = []
     index = 0
     while index < len(data):

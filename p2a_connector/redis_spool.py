@@ -338,7 +338,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
     def _context(self, event: Event, now: float) -> tuple[str, ...]:
         """The conversation and USSD session arguments of a stored event."""
         key = event.conversation or ""
-        fresh = conversation.new_conversation_id(now) if key else ""
+        fresh = conversation.conversation_id_for(event.id) if key else ""
         fresh_iso = iso_time(event.created_at) if key else ""
         ussd, info, ended = "", "", "0"
         if event.ussd is not None:

@@ -327,7 +327,7 @@ class SqliteSpool(GroupCommit, TwoWay, DeadLetters):
                 sqlite_outbound.conversation(db, event.conversation),
                 event.created_at,
                 self._conversation_idle,
-                conversation.new_conversation_id(now),
+                conversation.conversation_id_for(event.id),
             )
             body = conversation.fill(body, conversation.as_json(*turn[:3]))
         added = db.execute(
