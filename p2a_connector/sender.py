@@ -39,7 +39,7 @@ from twisted.internet.defer import (
     race,
 )
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -50,6 +50,7 @@ from p2a_connector.decode import iso_time
 from p2a_connector.intake import encode_body, new_event_id
 from p2a_connector.models import Address
 from p2a_connector.outbound import Outbound, OutboundState
+from p2a_connector.poller import Poller
 from p2a_connector.session import ESMEProtocol, SubmitResult, SubmitTimeout
 from p2a_connector.smpp_status import status_code
 from p2a_connector.spool import Event, Spool, SpoolError
@@ -148,9 +149,7 @@ class Sender(Service):
         self._random = random
         self._transmitters: dict[str, _Transmitter] = {}
         self._turns: dict[str, int] = {}
-        self._looking = False
-        self._again = False
-        self._timer: IDelayedCall | None = None
+        self._poller = Poller(reactor, self.look)
 
     # --- the service ------------------------------------------------------
 
@@ -172,7 +171,7 @@ class Sender(Service):
         on from their last recorded part later.
         """
         super().stopService()
-        self._cancel_timer()
+        self._poller.cancel()
         sends = list(self.sends.values())
         deadline = self._reactor.callLater(self.shutdown_timeout, self._abandon)
         finished = DeferredList(sends, consumeErrors=True)
@@ -207,18 +206,12 @@ class Sender(Service):
     # --- looking for due messages -------------------------------------------
 
     def look(self) -> None:
-        if not self.running:
+        if not self.running or self._poller.busy():
             return
-        if self._looking:
-            self._again = True
-            return
-        self._cancel_timer()
+        self._poller.cancel()
         if len(self.sends) >= self._concurrency:
             return
-        self._looking = True
-        d = Deferred.fromCoroutine(self._look())
-        d.addErrback(self._look_failed)
-        d.addBoth(self._looked)
+        self._poller.run(self._look, self._look_failed)
 
     async def _look(self) -> None:
         operators = self._operators()
@@ -252,22 +245,9 @@ class Sender(Service):
             self.log.failure("unexpected error looking for outbound messages", failure)
         self._sleep(SPOOL_PAUSE)
 
-    def _looked(self, _: Any) -> None:
-        self._looking = False
-        if self._again:
-            self._again = False
-            self.look()
-
     def _sleep(self, delay: float) -> None:
-        if not self.running:
-            return
-        self._cancel_timer()
-        self._timer = self._reactor.callLater(max(delay, 0.0), self.look)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        if self.running:
+            self._poller.sleep(delay)
 
     # --- binds ---------------------------------------------------------------
 

@@ -16,7 +16,6 @@ from twisted.internet.defer import (
     Deferred,
     TimeoutError,
 )
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent
@@ -26,6 +25,7 @@ from twisted.web.iweb import IResponse
 from p2a_connector import replies, signing
 from p2a_connector.config import WebhookConfig
 from p2a_connector.metrics import Metrics
+from p2a_connector.poller import Poller
 from p2a_connector.spool import PendingEvent, Spool, SpoolError
 from p2a_connector.webhook_http import (
     _Body,
@@ -105,9 +105,7 @@ class Lane:
         self._idle_check = idle_check
         self._running = False
         self._cancelling = False
-        self._looking = False
-        self._again = False
-        self._timer: IDelayedCall | None = None
+        self._poller = Poller(reactor, self.look)
 
     # --- looking for due events -------------------------------------------
 
@@ -119,7 +117,7 @@ class Lane:
     def stop(self) -> None:
         self._running = False
         self._ready.clear()
-        self._cancel_timer()
+        self._poller.cancel()
 
     @property
     def running(self) -> bool:
@@ -142,18 +140,13 @@ class Lane:
         if not self._running:
             return
         self._fill()
-        if self._looking:
-            self._again = True
+        if self._poller.busy():
             return
-        self._cancel_timer()
+        self._poller.cancel()
         concurrency = self.webhook.concurrency
         if len(self._posting) >= concurrency and len(self._ready) >= concurrency:
             return
-
-        self._looking = True
-        d = Deferred.fromCoroutine(self._look())
-        d.addErrback(self._look_failed)
-        d.addBoth(self._looked)
+        self._poller.run(self._look, self._look_failed)
 
     async def _look(self) -> None:
         name = self.webhook.name
@@ -201,22 +194,9 @@ class Lane:
             )
         self._sleep(SPOOL_PAUSE)
 
-    def _looked(self, _: Any) -> None:
-        self._looking = False
-        if self._again:
-            self._again = False
-            self.look()
-
     def _sleep(self, delay: float) -> None:
-        if not self._running:
-            return
-        self._cancel_timer()
-        self._timer = self._reactor.callLater(max(delay, 0.0), self.look)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        if self._running:
+            self._poller.sleep(delay)
 
     # --- delivering one event ---------------------------------------------
 
