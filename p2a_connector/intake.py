@@ -85,6 +85,7 @@ class Intake:
             for operator in config.operators
             for bind in operator.binds
         }
+        self._operators = frozenset(operator.name for operator in config.operators)
 
     def reconfigure(self, config: Config) -> None:
         """Routes, limits and decode options of ``config`` from the next PDU."""
@@ -98,6 +99,7 @@ class Intake:
                 for bind in operator.binds
             },
         }
+        self._operators = frozenset(operator.name for operator in config.operators)
         self.config = config
 
     def assemble(self, records: list[dict], complete: bool) -> tuple[str, str, bytes]:
@@ -137,7 +139,7 @@ class Intake:
             self.metrics.spool_refused(bind.operator, "max_pending")
             return bind.busy_status
 
-        if not any(op.name == bind.operator for op in self.config.operators):
+        if bind.operator not in self._operators:
             # A reload removed the operator while this bind was unbinding:
             # there is no route for it, and the SMSC may offer it elsewhere.
             self.log.warn(

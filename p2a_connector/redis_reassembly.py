@@ -40,28 +40,19 @@ class Reassembly:
     async def _store_segment(self, segment: Segment) -> Event | None:
         keys = self._segment_keys(segment.key)
         record = json.dumps(segment.record, separators=(",", ":"))
-        bounds = [
-            -1 if bound is None else bound
-            for bound in (
-                self._bounds["max_reassemblies"],
-                self._bounds["max_reassemblies_per_operator"],
-                self._bounds["max_reassembly_bytes"],
-            )
-        ]
         for _ in range(_ROUNDS):
-            status, extra = await self._counted(
-                scripts.ADD_SEGMENT,
-                keys,
-                self._keys,
-                segment.seqnum,
-                segment.total,
-                record,
-                segment.webhook,
-                _number(segment.received_at),
-                segment.operator,
-                segment.key,
-                *bounds,
-                os.urandom(8).hex(),
+            status, extra = await self._segment_adds.add(
+                (
+                    *keys,
+                    segment.seqnum,
+                    segment.total,
+                    record,
+                    segment.webhook,
+                    _number(segment.received_at),
+                    segment.operator,
+                    segment.key,
+                    os.urandom(8).hex(),
+                )
             )
             if status == "limit":
                 name = _text(extra[0])
@@ -78,6 +69,28 @@ class Reassembly:
             f"spool {self.where}: the message {segment.key} kept changing while "
             "its segment was added; the SMSC will send it again"
         )
+
+    async def _segment_batch(self, batch: list[tuple]) -> list[tuple[str, list]]:
+        """
+        Add a batch of segments (two keys, then eight arguments each) in one
+        script; per segment its status and what comes with it.
+        """
+        bounds = [
+            -1 if bound is None else bound
+            for bound in (
+                self._bounds["max_reassemblies"],
+                self._bounds["max_reassemblies_per_operator"],
+                self._bounds["max_reassembly_bytes"],
+            )
+        ]
+        _, extra = await self._counted(
+            scripts.ADD_SEGMENT,
+            [key for entry in batch for key in entry[:2]],
+            self._keys,
+            *bounds,
+            *(arg for entry in batch for arg in entry[2:]),
+        )
+        return [(status, given or []) for status, given in json.loads(extra[0])]
 
     def _assemble(self, records: list[str], webhook: str, complete: bool) -> Event:
         segments = [json.loads(record) for record in records]
@@ -101,6 +114,18 @@ class Reassembly:
         ttl = round(self._completed_ttl * 1000) if mode == "complete" else 0
         now = self._reactor.seconds()
         args = self._event_args(event, now)
-        return await self._counted(
-            scripts.FINISH, keys, self._keys, GROUP, token, ttl, mode, *args
+        return await self._finishes.add((*keys, token, ttl, mode, *args))
+
+    async def _finish_batch(self, batch: list[tuple]) -> list[tuple[str, list]]:
+        """
+        Finish a batch of reassemblies (two keys, then eighteen arguments
+        each) in one script; per reassembly its status and conversation.
+        """
+        _, extra = await self._counted(
+            scripts.FINISH,
+            [key for entry in batch for key in entry[:2]],
+            self._keys,
+            GROUP,
+            *(arg for entry in batch for arg in entry[2:]),
         )
+        return [(status, [given]) for status, given in json.loads(extra[0])]

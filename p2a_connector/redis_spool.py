@@ -165,6 +165,8 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         # The hot writes, one script call per reactor turn for all messages.
         self._stores = ScriptBatch(self._store_batch, reactor)
         self._deliveries = ScriptBatch(self._delivered_batch, reactor)
+        self._segment_adds = ScriptBatch(self._segment_batch, reactor)
+        self._finishes = ScriptBatch(self._finish_batch, reactor)
 
     @property
     def where(self) -> str:

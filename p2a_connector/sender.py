@@ -51,9 +51,10 @@ from p2a_connector.intake import encode_body, new_event_id
 from p2a_connector.models import Address
 from p2a_connector.outbound import Outbound, OutboundState
 from p2a_connector.poller import Poller
-from p2a_connector.session import ESMEProtocol, SubmitResult, SubmitTimeout
+from p2a_connector.session import ESMEProtocol
 from p2a_connector.smpp_status import status_code
 from p2a_connector.spool import Event, Spool, SpoolError
+from p2a_connector.submit_window import SubmitResult, SubmitTimeout
 from p2a_connector.tlv import TAG_ITS_SESSION_INFO, TAG_USSD_SERVICE_OP
 from p2a_connector.token_bucket import TokenBucket
 

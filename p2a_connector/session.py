@@ -12,7 +12,8 @@ the spool).
 `ESMEProtocol.submit_sm` sends one submit_sm and fires with the SMSC's
 answer, whatever its status: what an error means (retry, give up) is the
 caller's decision.  At most ``submit_window`` submit_sm wait for their
-response at once; later calls wait their turn, in order.
+response at once; later calls wait their turn, in order
+(`p2a_connector.submit_window`).
 
 States: ``open`` (connected, not bound), ``binding``, ``bound``,
 ``unbinding``, ``closed``.
@@ -20,11 +21,9 @@ States: ``open`` (connected, not bound), ``binding``, ``bound``,
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -45,6 +44,7 @@ from p2a_connector.metrics import BindMetrics, Metrics
 from p2a_connector.models import MOPdu
 from p2a_connector.pdu import Header, PDUError
 from p2a_connector.smpp_status import ESME_ROK, status_code, status_name
+from p2a_connector.submit_window import SubmitResult, SubmitWindow
 
 MOHandler = Callable[[MOPdu, "ESMEProtocol"], "Deferred[int]"]
 
@@ -69,35 +69,8 @@ class BindTimeout(Exception):
     """The SMSC did not answer the bind within bind_timeout."""
 
 
-class SubmitTimeout(Exception):
-    """The SMSC did not answer a submit_sm within submit_timeout."""
-
-
 class NotTransmitting(Exception):
     """A submit_sm was asked of a bind that cannot send one."""
-
-
-@attrs.frozen
-class SubmitResult:
-    """
-    The SMSC's answer to one submit_sm.
-
-    :ivar status: the command_status of the submit_sm_resp (or of the
-        generic_nack the SMSC answered instead).
-    :ivar message_id: the SMSC's id for the message; empty on an error.
-    """
-
-    status: int
-    message_id: str
-    sequence_number: int
-
-    @property
-    def ok(self) -> bool:
-        return self.status == ESME_ROK
-
-    @property
-    def status_name(self) -> str:
-        return status_name(self.status)
 
 
 class ESMEProtocol(Protocol):
@@ -132,10 +105,7 @@ class ESMEProtocol(Protocol):
         self._unbind_deadline: IDelayedCall | None = None
         self._drain_waiters: list[Deferred[None]] = []
         self._close_waiters: list[Deferred[None]] = []
-        # submit_sm waiting for their response, by sequence_number, with
-        # their timeout; and the calls waiting for room in the window.
-        self._submits: dict[int, tuple[Deferred[SubmitResult], IDelayedCall]] = {}
-        self._submit_queue: deque[tuple[Deferred[SubmitResult], dict]] = deque()
+        self._submits = SubmitWindow(self)
 
     # --- public interface ---------------------------------------------
 
@@ -233,15 +203,11 @@ class ESMEProtocol(Protocol):
             return fail(
                 ConnectionDone(f"bind {self.bind_name} is {self.state}, not bound")
             )
-        if len(self._submits) >= self.bind.submit_window:
-            waiting: Deferred[SubmitResult] = Deferred(self._dequeue_submit)
-            self._submit_queue.append((waiting, fields))
-            return waiting
-        return self._send_submit(fields)
+        return self._submits.submit(fields)
 
     def submits_outstanding(self) -> int:
         """submit_sm sent and not yet answered, plus those waiting to be sent."""
-        return len(self._submits) + len(self._submit_queue)
+        return self._submits.outstanding()
 
     def whenClosed(self) -> Deferred[None]:
         """Fires once the connection is lost, however that happened."""
@@ -273,7 +239,7 @@ class ESMEProtocol(Protocol):
         pending, self._pending = self._pending, {}
         for requested in pending.values():
             requested.errback(reason)
-        self._fail_submits(reason)
+        self._submits.fail_all(reason)
         self._fire(self._drain_waiters)
         self._fire(self._close_waiters)
 
@@ -338,8 +304,8 @@ class ESMEProtocol(Protocol):
         self._lose()
 
     def _response(self, header: Header, body: bytes) -> None:
-        if header.sequence_number in self._submits:
-            self._submit_answered(header, body)
+        if self._submits.holds(header.sequence_number):
+            self._submits.answered(header, body)
             return
         requested = self._pending.pop(header.sequence_number, None)
         if requested is None:
@@ -555,86 +521,6 @@ class ESMEProtocol(Protocol):
             self._lose()
 
         drained.addBoth(answer)
-
-    # --- submit_sm ------------------------------------------------------
-
-    def _send_submit(self, fields: dict) -> Deferred[SubmitResult]:
-        sequence_number = self._next_sequence_number()
-        try:
-            encoded = pdu.encode_submit_sm(sequence_number, **fields)
-        except (TypeError, ValueError) as e:
-            return fail(e)
-
-        def forget(_: Deferred[SubmitResult]) -> None:
-            entry = self._submits.pop(sequence_number, None)
-            if entry is not None and entry[1].active():
-                entry[1].cancel()
-            self._next_submit()
-
-        sent: Deferred[SubmitResult] = Deferred(forget)
-        overdue = self._clock.callLater(
-            self.bind.submit_timeout, self._submit_overdue, sequence_number
-        )
-        self._submits[sequence_number] = (sent, overdue)
-        self._write(encoded)
-        return sent
-
-    def _submit_answered(self, header: Header, body: bytes) -> None:
-        sent, overdue = self._submits.pop(header.sequence_number)
-        if overdue.active():
-            overdue.cancel()
-        status = header.command_status
-        message_id = ""
-        if header.command_id == pdu.SUBMIT_SM | pdu.RESPONSE_BIT and status == ESME_ROK:
-            message_id = pdu.message_id_of(body)
-        self.metrics.submitted(status)
-        self._next_submit()
-        sent.callback(SubmitResult(status, message_id, header.sequence_number))
-
-    def _submit_overdue(self, sequence_number: int) -> None:
-        entry = self._submits.pop(sequence_number, None)
-        if entry is None:
-            return
-        self.log.warn(
-            "no submit_sm_resp on {bind} within {timeout} s",
-            bind=self.bind_name,
-            timeout=self.bind.submit_timeout,
-            sequence_number=sequence_number,
-        )
-        self.metrics.submitted("timeout")
-        self._next_submit()
-        entry[0].errback(
-            SubmitTimeout(
-                f"no submit_sm_resp within {self.bind.submit_timeout:g} s on bind "
-                f"{self.bind_name} (sequence_number {sequence_number})"
-            )
-        )
-
-    def _next_submit(self) -> None:
-        """Send the calls waiting for room, as far as the window allows."""
-        while (
-            self._submit_queue
-            and self.state == "bound"
-            and len(self._submits) < self.bind.submit_window
-        ):
-            waiting, fields = self._submit_queue.popleft()
-            self._send_submit(fields).chainDeferred(waiting)
-
-    def _dequeue_submit(self, waiting: Deferred[SubmitResult]) -> None:
-        for entry in self._submit_queue:
-            if entry[0] is waiting:
-                self._submit_queue.remove(entry)
-                return
-
-    def _fail_submits(self, reason: Failure) -> None:
-        submits, self._submits = self._submits, {}
-        queued, self._submit_queue = self._submit_queue, deque()
-        for sent, overdue in submits.values():
-            if overdue.active():
-                overdue.cancel()
-            sent.errback(reason)
-        for waiting, _ in queued:
-            waiting.errback(reason)
 
     # --- enquire_link ---------------------------------------------------
 

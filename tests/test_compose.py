@@ -8,14 +8,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_properties import records_of
 
 from p2a_connector import decode, gsm7, traffic
 from p2a_connector.alphabets import DecodeOptions
 from p2a_connector.compose import UDHI, ComposeError, compose, encoding_for
-from p2a_connector.models import Address
-
-PHONE = Address("447700900123", 1, 1)
-SHORT_CODE = Address("88000", 3, 0)
 
 GSM_DEFAULT = [char for code, char in enumerate(gsm7.DEFAULT) if code != gsm7.ESCAPE]
 GSM_EXTENSION = sorted(gsm7.EXTENSION.values())
@@ -31,20 +28,14 @@ ANY_TEXT = st.text(
 
 def sent_text(composed, *, alphabet="gsm7", packed=False) -> str:
     """The text a receiver decodes from the parts, as our inbound side does."""
-    records = []
-    for n, part in enumerate(composed.parts, start=1):
-        mo = traffic.Part(
-            part.short_message, part.data_coding, part.esm_class, part.tlvs
-        ).deliver_sm(SHORT_CODE, PHONE)
-        records.append(
-            decode.segment_record(
-                mo,
-                decode.inspect(mo),
-                operator="op1",
-                bind="op1-a",
-                received_at=float(n),
+    records = records_of(
+        [
+            traffic.Part(
+                part.short_message, part.data_coding, part.esm_class, part.tlvs
             )
-        )
+            for part in composed.parts
+        ]
+    )
     _, envelope = decode.build_event(
         records,
         event_id="msg_t",

@@ -24,9 +24,9 @@ from p2a_connector.session import (
     BindTimeout,
     ESMEProtocol,
     NotTransmitting,
-    SubmitTimeout,
 )
 from p2a_connector.smpp_status import ESME_ROK, status_code
+from p2a_connector.submit_window import SubmitTimeout
 
 
 class Recorder:

@@ -1283,3 +1283,52 @@ async def _evalsha_calls(redis) -> int:
         if line.startswith("cmdstat_evalsha:"):
             return int(line.split("calls=")[1].split(",")[0])
     return 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_segments_of_one_message_in_one_turn_make_one_event(spool):
+    results = await gatherResults(
+        [
+            spool.store(segment("r1", 2, 3)),
+            spool.store(segment("r2", 1, 2)),
+            spool.store(segment("r1", 1, 3)),
+            spool.store(segment("r1", 2, 3)),
+            spool.store(segment("r1", 3, 3)),
+        ]
+    )
+
+    assert results[:4] == [None, None, None, None]
+    assert results[4].id == "msg_r1"
+    assert json.loads(results[4].body)["text"] == "<r1.1><r1.2><r1.3>"
+    assert spool.reassemblies().count == 1
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_redis_adds_and_finishes_the_segments_of_one_turn_in_two_script_calls(
+    redis_server,
+):
+    spool = RedisSpool(
+        redis_server.url, Assembler(), reactor, prefix=f"t{os.urandom(4).hex()}"
+    )
+    await spool.open()
+    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
+    try:
+        before = await _evalsha_calls(stats)
+        results = await gatherResults(
+            [
+                spool.store(segment(f"r{n}", seqnum, 2))
+                for n in range(20)
+                for seqnum in (1, 2)
+            ]
+        )
+        after = await _evalsha_calls(stats)
+    finally:
+        await stats.disconnect()
+        await spool.close()
+
+    assert sorted(e.id for e in results if e is not None) == sorted(
+        f"msg_r{n}" for n in range(20)
+    )
+    # One call adds the forty segments, one finishes the twenty messages.
+    assert after - before == 2
