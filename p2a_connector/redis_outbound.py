@@ -13,7 +13,7 @@ message is given a TTL of outbound_keep, so Redis forgets it by itself.
 
 from __future__ import annotations
 
-from p2a_connector.redis_scripts import QUEUE_OUTBOUND, STORE_EVENT, Script
+from p2a_connector.redis_scripts import QUEUE_OUTBOUND, STORE_EVENT, script
 
 # The fields of a message, in the order the read scripts reply them.
 _FIELDS = """
@@ -169,18 +169,14 @@ return 1
 """
 
 
-def _script(name: str, *parts: str) -> Script:
-    return Script(name, "\n".join(parts).encode())
-
-
-QUEUE = _script("queue", STORE_EVENT, QUEUE_OUTBOUND, _QUEUE)
-OUTBOUND_DUE = _script("outbound_due", _FIELDS, _OUTBOUND_DUE)
-NEXT_OUTBOUND_DUE = _script("next_outbound_due", _FIELDS, _NEXT_OUTBOUND_DUE)
-OUTBOUND_UPDATE = _script("outbound_update", STORE_EVENT, _OUTBOUND_UPDATE)
-OUTBOUND_SENT = _script("outbound_sent", STORE_EVENT, _FIELDS, _OUTBOUND_SENT)
-OUTBOUND_FAILED = _script("outbound_failed", STORE_EVENT, _FIELDS, _OUTBOUND_FAILED)
-END_IDLE_SESSION = _script("end_idle_session", STORE_EVENT, _END_IDLE_SESSION)
-END_SESSION = _script("end_session", _END_SESSION)
+QUEUE = script("queue", STORE_EVENT, QUEUE_OUTBOUND, _QUEUE)
+OUTBOUND_DUE = script("outbound_due", _FIELDS, _OUTBOUND_DUE)
+NEXT_OUTBOUND_DUE = script("next_outbound_due", _FIELDS, _NEXT_OUTBOUND_DUE)
+OUTBOUND_UPDATE = script("outbound_update", STORE_EVENT, _OUTBOUND_UPDATE)
+OUTBOUND_SENT = script("outbound_sent", STORE_EVENT, _FIELDS, _OUTBOUND_SENT)
+OUTBOUND_FAILED = script("outbound_failed", STORE_EVENT, _FIELDS, _OUTBOUND_FAILED)
+END_IDLE_SESSION = script("end_idle_session", STORE_EVENT, _END_IDLE_SESSION)
+END_SESSION = script("end_session", _END_SESSION)
 
 ALL = (
     QUEUE,

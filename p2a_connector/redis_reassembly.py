@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from p2a_connector import conversation, trail
-from p2a_connector import redis_scripts as scripts
+from p2a_connector import redis_reassembly_scripts as scripts
 from p2a_connector.redis_commands import GROUP, _filled, _number, _text
 from p2a_connector.spool import Event, Segment, SpoolError, SpoolLimit
 

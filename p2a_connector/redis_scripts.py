@@ -1,6 +1,9 @@
 """
 The Lua scripts of the Redis spool: each change to the spool is one script,
-so it happens whole or not at all, whichever instance runs it.
+so it happens whole or not at all, whichever instance runs it.  Here the
+events (store, deliver, retry, dead-letter, hand out) and what the other
+script modules share; reassembly in `p2a_connector.redis_reassembly_scripts`,
+the outbound side in `p2a_connector.redis_outbound`.
 
 Every key carries the spool's hash tag (``{p2a}:...``), so all of them hash
 to one slot.  Limitation: most scripts build their keys inside Lua from the
@@ -144,163 +147,6 @@ local function forget_entry(prefix, group, ev)
   end
   return webhook
 end
-"""
-
-# Adds one segment to its reassembly: seg and done are its segments hash and
-# completed marker; max_* are -1 for no bound.  Returns held / ignored /
-# limit (with the bound's name) / complete (with the token, webhook and every
-# record in seqnum order); complete writes nothing.
-_ADD_SEGMENT_ONE = """
-local function add_segment(prefix, seg, done, seqnum, total, record, webhook,
-    received_at, operator, key, max_reassemblies, max_per_operator, max_bytes,
-    token)
-  local counts = prefix .. 'counts'
-  local field = 's:' .. seqnum
-  if redis.call('EXISTS', done) == 1 or redis.call('HEXISTS', seg, field) == 1 then
-    return 'ignored', {}
-  end
-
-  local opened = redis.call('EXISTS', seg) == 0
-  local present = tonumber(redis.call('HGET', seg, 'present') or '0')
-  if present + 1 >= tonumber(total) then
-    local records = {{tonumber(seqnum), record}}
-    local fields = redis.call('HGETALL', seg)
-    for i = 1, #fields, 2 do
-      if string.sub(fields[i], 1, 2) == 's:' then
-        records[#records + 1] = {tonumber(string.sub(fields[i], 3)), fields[i + 1]}
-      end
-    end
-    table.sort(records, function(a, b) return a[1] < b[1] end)
-    local kept_token, kept_webhook = '', webhook
-    if not opened then
-      kept_token, kept_webhook = unpack(redis.call('HMGET', seg, 'token', 'webhook'))
-    end
-    local extra = {kept_token, kept_webhook}
-    for _, r in ipairs(records) do extra[#extra + 1] = r[2] end
-    return 'complete', extra
-  end
-
-  local size = string.len(record)
-  local operator_field = 'op:' .. operator
-  if opened then
-    local of_operator = tonumber(redis.call('HGET', counts, operator_field) or '0')
-    if tonumber(max_per_operator) >= 0 and of_operator + 1 > tonumber(max_per_operator) then
-      return 'limit', {'max_reassemblies_per_operator'}
-    end
-    local count = tonumber(redis.call('HGET', counts, 'count') or '0')
-    if tonumber(max_reassemblies) >= 0 and count + 1 > tonumber(max_reassemblies) then
-      return 'limit', {'max_reassemblies'}
-    end
-  end
-  local held = tonumber(redis.call('HGET', counts, 'bytes') or '0')
-  if tonumber(max_bytes) >= 0 and held + size > tonumber(max_bytes) then
-    return 'limit', {'max_reassembly_bytes'}
-  end
-
-  if opened then
-    redis.call('HSET', seg, 'token', token, 'webhook', webhook,
-      'operator', operator, 'key', key, 'present', '0', 'size', '0')
-    redis.call('HINCRBY', counts, 'count', 1)
-    redis.call('HINCRBY', counts, operator_field, 1)
-  end
-  redis.call('HSET', seg, field, record)
-  redis.call('HINCRBY', seg, 'present', 1)
-  redis.call('HINCRBY', seg, 'size', size)
-  redis.call('HINCRBY', counts, 'bytes', size)
-  redis.call('ZADD', prefix .. 'open', 'LT', received_at, seg)
-  return 'held', {}
-end
-"""
-
-# Adds the segments of a batch, in order, so a batch holding two segments
-# of one message completes it.  KEYS: per segment its segments hash and
-# completed marker.  ARGV: prefix, max_reassemblies, max_per_operator,
-# max_bytes (-1: none), then eight per segment: seqnum, total, record,
-# webhook, received_at, operator, key, token.  Its extra is one JSON array
-# with [status, extra] per segment (see add_segment).
-_ADD_SEGMENT = """
-local prefix = ARGV[1]
-local out, k = {}, 1
-for i = 5, #ARGV, 8 do
-  local status, extra = add_segment(prefix, KEYS[k], KEYS[k + 1], ARGV[i],
-    ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6],
-    ARGV[2], ARGV[3], ARGV[4], ARGV[i + 7])
-  out[#out + 1] = {status, extra}
-  k = k + 2
-end
-return counted(prefix, 'done', {cjson.encode(out)})
-"""
-
-# Closes the reassembly the token names and stores its event: seg and done
-# are its segments hash and completed marker, ttl the marker's life in ms
-# (0: no marker), mode complete or expire, first the index in ARGV of the
-# event's fifteen arguments (see store_event and context).  Returns stored
-# or duplicate with the conversation JSON, or ignored (another instance
-# completed it) or stale (it changed since read).
-_FINISH_ONE = """
-local function finish(prefix, group, seg, done, token, ttl, mode, first)
-  local counts = prefix .. 'counts'
-  if mode == 'complete' and redis.call('EXISTS', done) == 1 then
-    return 'ignored', ''
-  end
-  local kept = redis.call('HGET', seg, 'token') or ''
-  if kept ~= token then
-    return 'stale', ''
-  end
-
-  if kept ~= '' then
-    local operator, size = unpack(redis.call('HMGET', seg, 'operator', 'size'))
-    redis.call('DEL', seg)
-    redis.call('ZREM', prefix .. 'open', seg)
-    redis.call('HINCRBY', counts, 'count', -1)
-    redis.call('HINCRBY', counts, 'bytes', -tonumber(size))
-    if redis.call('HINCRBY', counts, 'op:' .. operator, -1) <= 0 then
-      redis.call('HDEL', counts, 'op:' .. operator)
-    end
-  end
-  if tonumber(ttl) > 0 then
-    redis.call('SET', done, '1', 'PX', ttl)
-  end
-  local i = first
-  local added, conversation = store_event(prefix, group, ARGV[i], ARGV[i + 1],
-    ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7],
-    context(i + 8))
-  return added == 1 and 'stored' or 'duplicate', conversation
-end
-"""
-
-# Finishes the reassemblies of a batch.  KEYS: per reassembly its segments
-# hash and completed marker.  ARGV: prefix, group, then eighteen per
-# reassembly: token, ttl, mode and the event's fifteen.  Its extra is one
-# JSON array with [status, conversation] per reassembly (see finish).
-_FINISH = """
-local prefix, group = ARGV[1], ARGV[2]
-local out, k = {}, 1
-for i = 3, #ARGV, 18 do
-  local status, conversation = finish(prefix, group, KEYS[k], KEYS[k + 1],
-    ARGV[i], ARGV[i + 1], ARGV[i + 2], i + 3)
-  out[#out + 1] = {status, conversation}
-  k = k + 2
-end
-return counted(prefix, 'done', {cjson.encode(out)})
-"""
-
-# KEYS: the reassembly's segments hash.  Replies its token, then its records.
-_READ_SEGMENTS = """
-local fields = redis.call('HGETALL', KEYS[1])
-local records, token = {}, nil
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 2) == 's:' then
-    records[#records + 1] = {tonumber(string.sub(fields[i], 3)), fields[i + 1]}
-  elseif fields[i] == 'token' then
-    token = fields[i + 1]
-  end
-end
-if not token then return {} end
-table.sort(records, function(a, b) return a[1] < b[1] end)
-local out = {token}
-for _, record in ipairs(records) do out[#out + 1] = record[2] end
-return out
 """
 
 # Stores every event of a batch.  ARGV: prefix, group, then fifteen per
@@ -622,29 +468,23 @@ return counted(ARGV[1], 'done')
 """
 
 
-def _script(name: str, *parts: str) -> Script:
+def script(name: str, *parts: str) -> Script:
     return Script(name, "\n".join(parts).encode())
 
 
-ADD_SEGMENT = _script("add_segment", _STORE_EVENT, _ADD_SEGMENT_ONE, _ADD_SEGMENT)
-FINISH = _script("finish", _STORE_EVENT, _FINISH_ONE, _FINISH)
-READ_SEGMENTS = _script("read_segments", _READ_SEGMENTS)
-STORE = _script("store", _STORE_EVENT, _STORE)
-DELIVERED = _script("delivered", _STORE_EVENT, QUEUE_OUTBOUND, _DELIVERED)
-RETRY = _script("retry", _STORE_EVENT, _RETRY)
-DEAD = _script("dead", _STORE_EVENT, _DEAD)
-REPLAY = _script("replay", _STORE_EVENT, _DEAD_IDS, _REPLAY)
-PURGE = _script("purge", _STORE_EVENT, _DEAD_IDS, _PURGE)
-DEAD_LETTERS = _script("dead_letters", _DEAD_LETTERS)
-DUE = _script("due", _STORE_EVENT, _DUE)
-NEXT_DUE = _script("next_due", _NEXT_DUE)
-RECOUNT = _script("recount", _STORE_EVENT, _RECOUNT)
-COUNTS = _script("counts", _STORE_EVENT, _COUNTS)
+STORE = script("store", _STORE_EVENT, _STORE)
+DELIVERED = script("delivered", _STORE_EVENT, QUEUE_OUTBOUND, _DELIVERED)
+RETRY = script("retry", _STORE_EVENT, _RETRY)
+DEAD = script("dead", _STORE_EVENT, _DEAD)
+REPLAY = script("replay", _STORE_EVENT, _DEAD_IDS, _REPLAY)
+PURGE = script("purge", _STORE_EVENT, _DEAD_IDS, _PURGE)
+DEAD_LETTERS = script("dead_letters", _DEAD_LETTERS)
+DUE = script("due", _STORE_EVENT, _DUE)
+NEXT_DUE = script("next_due", _NEXT_DUE)
+RECOUNT = script("recount", _STORE_EVENT, _RECOUNT)
+COUNTS = script("counts", _STORE_EVENT, _COUNTS)
 
 ALL = (
-    ADD_SEGMENT,
-    FINISH,
-    READ_SEGMENTS,
     STORE,
     DELIVERED,
     RETRY,

@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from p2a_connector import conversation, trail
 from p2a_connector import outbound as outbound_
 from p2a_connector import redis_outbound as outbound_scripts
+from p2a_connector import redis_reassembly_scripts as reassembly_scripts
 from p2a_connector import redis_scripts as scripts
 from p2a_connector.config import parse_redis_url as parse_url
 from p2a_connector.decode import iso_time
@@ -188,7 +189,11 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
 
     async def _open(self) -> None:
         try:
-            for script in (*scripts.ALL, *outbound_scripts.ALL):
+            for script in (
+                *scripts.ALL,
+                *reassembly_scripts.ALL,
+                *outbound_scripts.ALL,
+            ):
                 await self._command("SCRIPT", "LOAD", script.source)
             await self._counted(scripts.COUNTS, (), self._keys)
         except SpoolError:
@@ -223,12 +228,13 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
             endpoint = HostnameEndpoint(
                 self._reactor, host, port, timeout=self._timeout
             )
-        # WAIT counts only the writes made on its own connection, and the
-        # client spreads commands over its pool: with wait_replicas, one
-        # connection carries everything.
-        poolsize = 1 if self._wait_replicas else 2
+        # One connection carries every command, pipelined: Redis runs them
+        # in the order they were sent, so a read sent after a write sees it
+        # (a receipt looked up after outbound_progress finds its part), and
+        # WAIT, which counts only the writes of its own connection, covers
+        # them all.  A pool would spread them over connections and lose both.
         factory = txredisapi.RedisFactory(
-            f"{host}:{port}", db, poolsize, isLazy=True, **options
+            f"{host}:{port}", db, 1, isLazy=True, **options
         )
         # Redis coming back is noticed within a couple of seconds, not the
         # ten the library would wait at most between attempts.
@@ -371,7 +377,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         for member in stale:
             seg = _text(member)
             done = self._keys + "done:" + seg.rsplit(":", 1)[1]
-            read = await self._script_keys(scripts.READ_SEGMENTS, (seg,))
+            read = await self._script_keys(reassembly_scripts.READ_SEGMENTS, (seg,))
             if not read:
                 continue
             token, *records = (_text(value) for value in read)

@@ -181,8 +181,8 @@ class TwoWay:
         the last part).
         """
         step = trail.step(self._reactor.seconds(), "part_sent", parts_sent=parts_sent)
-        # Sent before the update, on the same connection, so that a receipt
-        # looked up after this call returns finds them.  True whatever the
+        # Sent before the update, on the spool's one connection, so that a
+        # receipt looked up after this call returns finds them.  True whatever the
         # update does: the SMSC did accept these parts.
         indexed = [
             self._command(

@@ -44,6 +44,12 @@ MAX_ANSWER = 256 * 1024
 # How long a lane waits before asking again when the spool fails.
 SPOOL_PAUSE = 5.0
 
+# A lane that looks at least this often anyway (a dispatcher-only process
+# polls every 50 ms) does not ask when the next event is due: a retry found
+# by the next poll is late by less than the question would cost, once per
+# delivery.
+ASK_NEXT_DUE_ABOVE = 0.5
+
 
 def _note(attempt: int, answer: int | str, elapsed: float) -> dict:
     """What an attempt's step in the trail says: the answer and how long it took."""
@@ -166,10 +172,11 @@ class Lane:
         if len(self._posting) >= concurrency:
             return
 
-        next_at = await self._spool.next_due(webhook=name, exclude=self._held())
         delay = self._idle_check
-        if next_at is not None:
-            delay = min(next_at - self._reactor.seconds(), delay)
+        if delay > ASK_NEXT_DUE_ABOVE:
+            next_at = await self._spool.next_due(webhook=name, exclude=self._held())
+            if next_at is not None:
+                delay = min(next_at - self._reactor.seconds(), delay)
         self._sleep(delay)
 
     def _held(self) -> set[str]:
