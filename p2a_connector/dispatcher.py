@@ -5,9 +5,10 @@ for), retry later, or dead letter.
 
 Each webhook has its own lane with its own concurrency limit, so a slow or
 failing receiver never delays another one.  A lane asks the spool for due
-events only when it has a free slot, and otherwise sleeps until the next
-event is due, a post finishes, or `Dispatcher.wake` says new events arrived
-(but never longer than `IDLE_CHECK`).
+events when it has a free slot or fewer than ``concurrency`` events ready
+to take the next ones, and otherwise sleeps until the next event is due, a
+post finishes, or `Dispatcher.wake` says new events arrived (but never
+longer than `IDLE_CHECK`).
 
 Delivery is at least once: an event stays pending in the spool until its
 outcome is committed, so a crash or a stop mid-post means it is posted again

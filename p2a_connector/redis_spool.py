@@ -6,7 +6,10 @@ fires only once Redis has answered the write, which with the AOF enabled
 (``appendfsync everysec`` or ``always``) means the write is in the AOF.  Every
 change is one Lua script (`p2a_connector.redis_scripts`), so instances never
 see half of another's work, and the counts behind the limits live in Redis,
-where all instances share them.
+where all instances share them.  The writes that every message makes
+(stores, deliveries, segments) are gathered per reactor turn and sent as
+one script call that does them all in order
+(`p2a_connector.redis_commands.ScriptBatch`).
 
 Events wait in one Redis Stream per webhook, read through a consumer group:
 `RedisSpool.due` hands this instance its own unacknowledged entries, entries
