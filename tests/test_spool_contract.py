@@ -1257,6 +1257,17 @@ async def test_deliveries_in_one_turn_are_each_recorded_with_their_replies(spool
 @needs_redis
 @pytest_twisted.ensureDeferred
 async def test_redis_sends_the_stores_of_one_turn_as_one_script_call(redis_server):
+    stored, calls = await _stored_in_one_turn(
+        redis_server, [event(f"msg_{n}") for n in range(50)]
+    )
+
+    assert [e.id for e in stored] == [f"msg_{n}" for n in range(50)]
+    assert calls == 1
+
+
+async def _stored_in_one_turn(redis_server, items: list) -> tuple[list, int]:
+    """What a fresh Redis spool's stores of ``items`` in one turn gave, and
+    how many scripts (EVALSHA) Redis ran for them."""
     spool = RedisSpool(
         redis_server.url, Assembler(), reactor, prefix=f"t{os.urandom(4).hex()}"
     )
@@ -1264,16 +1275,12 @@ async def test_redis_sends_the_stores_of_one_turn_as_one_script_call(redis_serve
     stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
     try:
         before = await _evalsha_calls(stats)
-        stored = await gatherResults(
-            [spool.store(event(f"msg_{n}")) for n in range(50)]
-        )
+        results = await gatherResults([spool.store(item) for item in items])
         after = await _evalsha_calls(stats)
     finally:
         await stats.disconnect()
         await spool.close()
-
-    assert [e.id for e in stored] == [f"msg_{n}" for n in range(50)]
-    assert after - before == 1
+    return results, after - before
 
 
 async def _evalsha_calls(redis) -> int:
@@ -1308,27 +1315,13 @@ async def test_segments_of_one_message_in_one_turn_make_one_event(spool):
 async def test_redis_adds_and_finishes_the_segments_of_one_turn_in_two_script_calls(
     redis_server,
 ):
-    spool = RedisSpool(
-        redis_server.url, Assembler(), reactor, prefix=f"t{os.urandom(4).hex()}"
+    results, calls = await _stored_in_one_turn(
+        redis_server,
+        [segment(f"r{n}", seqnum, 2) for n in range(20) for seqnum in (1, 2)],
     )
-    await spool.open()
-    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
-    try:
-        before = await _evalsha_calls(stats)
-        results = await gatherResults(
-            [
-                spool.store(segment(f"r{n}", seqnum, 2))
-                for n in range(20)
-                for seqnum in (1, 2)
-            ]
-        )
-        after = await _evalsha_calls(stats)
-    finally:
-        await stats.disconnect()
-        await spool.close()
 
     assert sorted(e.id for e in results if e is not None) == sorted(
         f"msg_r{n}" for n in range(20)
     )
     # One call adds the forty segments, one finishes the twenty messages.
-    assert after - before == 2
+    assert calls == 2
