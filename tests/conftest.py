@@ -10,6 +10,22 @@ from twisted.internet.task import deferLater
 from p2a_connector.config import BindConfig
 from p2a_connector.receiver import Receiver
 from p2a_connector.simulator import SMSCSimulator
+from p2a_connector.sqlite_spool import SqliteSpool
+
+
+def whole_events_only(records: list[dict], complete: bool) -> tuple[str, str, bytes]:
+    """The assembler of a spool that is only given whole events."""
+    raise AssertionError("these tests store whole events, not segments")
+
+
+@pytest_twisted.async_yield_fixture
+async def spool(tmp_path):
+    """An open sqlite spool of whole events in the test's directory; the
+    modules that need another kind define their own ``spool``."""
+    spool = SqliteSpool(str(tmp_path / "spool.db"), whole_events_only, reactor)
+    await spool.open()
+    yield spool
+    await spool.close()
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from p2a_connector.config import WebhookConfig
 from p2a_connector.dispatcher import Dispatcher
 from p2a_connector.receiver import Receiver, Reply
 from p2a_connector.spool import Event
-from p2a_connector.sqlite_spool import SqliteSpool
 from p2a_connector.webhook_http import (
     MAX_RETRY_AFTER,
     SCHEDULE,
@@ -32,10 +31,6 @@ from p2a_connector.webhook_http import (
 SECRET = "whsec_" + base64.b64encode(b"s" * 24).decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"o" * 32).decode()
 FAST = (0, 0.05, 0.1)
-
-
-def assemble(records: list[dict], complete: bool) -> tuple[str, str, bytes]:
-    raise AssertionError("the dispatcher tests store whole events")
 
 
 def event(event_id: str, webhook: str = "app") -> Event:
@@ -65,14 +60,6 @@ async def eventually(check, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the condition was not met in time")
         await sleep(0.01)
-
-
-@pytest_twisted.async_yield_fixture
-async def spool(tmp_path):
-    spool = SqliteSpool(str(tmp_path / "spool.db"), assemble, reactor)
-    await spool.open()
-    yield spool
-    await spool.close()
 
 
 @pytest_twisted.async_yield_fixture

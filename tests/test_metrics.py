@@ -10,6 +10,7 @@ import tomllib
 
 import pytest
 import pytest_twisted
+from conftest import whole_events_only
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -410,18 +411,6 @@ def event(event_id: str) -> Event:
     )
 
 
-def _assemble(records, complete):
-    raise AssertionError("these tests store whole events")
-
-
-@pytest_twisted.async_yield_fixture
-async def spool(tmp_path):
-    spool = SqliteSpool(str(tmp_path / "events.db"), _assemble, reactor)
-    await spool.open()
-    yield spool
-    await spool.close()
-
-
 @pytest_twisted.async_yield_fixture
 async def dispatch(spool):
     started = []
@@ -513,7 +502,7 @@ async def test_exhausting_the_schedule_on_refused_connections_counts_errors(
 async def test_an_outcome_the_spool_cannot_record_counts_a_spool_error(
     tmp_path, receiver, dispatch
 ):
-    failing = SqliteSpool(str(tmp_path / "failing.db"), _assemble, reactor)
+    failing = SqliteSpool(str(tmp_path / "failing.db"), whole_events_only, reactor)
     await failing.open()
     await failing.store(event("msg_unrecorded"))
     receiver.script(Reply.hang())

@@ -20,7 +20,6 @@ from p2a_connector.receiver import Receiver, Reply
 from p2a_connector.reload import Changes, diff, effective
 from p2a_connector.service import Connector
 from p2a_connector.spool import Event
-from p2a_connector.sqlite_spool import SqliteSpool
 
 SECRET_2 = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -161,10 +160,6 @@ async def test_reloads_asked_for_during_a_reload_run_once_after_it(
 # --- the dispatcher taking new webhooks ------------------------------------------
 
 
-def assemble(records: list[dict], complete: bool) -> tuple[str, str, bytes]:
-    raise AssertionError("these tests store whole events")
-
-
 def event(event_id: str, webhook: str = "app") -> Event:
     body = json.dumps({"type": "message.received", "data": {"id": event_id}})
     return Event(
@@ -186,14 +181,6 @@ async def until(condition, timeout: float = 5.0) -> None:
         assert waited < timeout, "the condition was not met in time"
         await deferLater(reactor, 0.01, lambda: None)
         waited += 0.01
-
-
-@pytest_twisted.async_yield_fixture
-async def spool(tmp_path):
-    spool = SqliteSpool(str(tmp_path / "spool.db"), assemble, reactor)
-    await spool.open()
-    yield spool
-    await spool.close()
 
 
 @pytest_twisted.async_yield_fixture
