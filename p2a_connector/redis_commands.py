@@ -172,6 +172,22 @@ class RedisCommands:
         self._reassemblies = _reassemblies(counts)
         return _text(status), extra
 
+    async def _batched(
+        self, script: scripts.Script, batch: list[tuple], *shared: Any, keys: int = 0
+    ) -> list:
+        """
+        Run a script that does a `ScriptBatch`'s calls: the first ``keys``
+        values of each call are KEYS, the rest its ARGV after ``shared``.
+        Gives the per-call results the script replies as one JSON array.
+        """
+        _, extra = await self._counted(
+            script,
+            [key for call in batch for key in call[:keys]],
+            *shared,
+            *(arg for call in batch for arg in call[keys:]),
+        )
+        return json.loads(extra[0]) if extra else [None] * len(batch)
+
     async def _script_keys(self, script: scripts.Script, keys: Sequence[str], *args):
         try:
             return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)

@@ -83,14 +83,10 @@ class Reassembly:
                 self._bounds["max_reassembly_bytes"],
             )
         ]
-        _, extra = await self._counted(
-            scripts.ADD_SEGMENT,
-            [key for entry in batch for key in entry[:2]],
-            self._keys,
-            *bounds,
-            *(arg for entry in batch for arg in entry[2:]),
+        added = await self._batched(
+            scripts.ADD_SEGMENT, batch, self._keys, *bounds, keys=2
         )
-        return [(status, given or []) for status, given in json.loads(extra[0])]
+        return [(status, given or []) for status, given in added]
 
     def _assemble(self, records: list[str], webhook: str, complete: bool) -> Event:
         segments = [json.loads(record) for record in records]
@@ -121,11 +117,5 @@ class Reassembly:
         Finish a batch of reassemblies (two keys, then eighteen arguments
         each) in one script; per reassembly its status and conversation.
         """
-        _, extra = await self._counted(
-            scripts.FINISH,
-            [key for entry in batch for key in entry[:2]],
-            self._keys,
-            GROUP,
-            *(arg for entry in batch for arg in entry[2:]),
-        )
-        return [(status, [given]) for status, given in json.loads(extra[0])]
+        finished = await self._batched(scripts.FINISH, batch, self._keys, GROUP, keys=2)
+        return [(status, [given]) for status, given in finished]

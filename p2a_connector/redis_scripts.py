@@ -152,8 +152,8 @@ end
 # Stores every event of a batch.  ARGV: prefix, group, then fifteen per
 # event: id, type, webhook, body, created_at, now, trail steps, trail keep
 # in ms, the seven of context().  Its extra is one JSON array (one string
-# to parse, not two elements per event): per event 'stored' or 'duplicate'
-# and the conversation JSON given to it ('' for none).
+# to parse, not an element per value) with, per event, ['stored' or
+# 'duplicate', the conversation JSON given to it ('' for none)].
 _STORE = """
 local prefix, group = ARGV[1], ARGV[2]
 local out = {}
@@ -161,8 +161,7 @@ for i = 3, #ARGV, 15 do
   local added, conversation = store_event(prefix, group, ARGV[i], ARGV[i + 1],
     ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7],
     context(i + 8))
-  out[#out + 1] = added == 1 and 'stored' or 'duplicate'
-  out[#out + 1] = conversation
+  out[#out + 1] = {added == 1 and 'stored' or 'duplicate', conversation}
 end
 return counted(prefix, 'done', {cjson.encode(out)})
 """

@@ -317,18 +317,10 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         Store a batch of events in one script; per event the conversation it
         was given (as _filled takes it), or None if it was kept already.
         """
-        stored = self._counted(
-            scripts.STORE,
-            (),
-            self._keys,
-            GROUP,
-            *(arg for args in batch for arg in args),
-        )
-        _, extra = await self._replicated(stored)
-        flat = json.loads(extra[0])
+        stored = self._batched(scripts.STORE, batch, self._keys, GROUP)
         return [
             (conversation,) if status == "stored" else None
-            for status, conversation in zip(flat[::2], flat[1::2])
+            for status, conversation in await self._replicated(stored)
         ]
 
     def _event_args(self, event: Event, now: float) -> tuple:
@@ -419,15 +411,9 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         )
 
     async def _delivered_batch(self, batch: list[tuple]) -> list[None]:
-        await self._counted(
-            scripts.DELIVERED,
-            (),
-            self._keys,
-            GROUP,
-            self._trail_keep,
-            *(arg for args in batch for arg in args),
+        return await self._batched(
+            scripts.DELIVERED, batch, self._keys, GROUP, self._trail_keep
         )
-        return [None] * len(batch)
 
     def retry(
         self,
