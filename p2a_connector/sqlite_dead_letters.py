@@ -31,19 +31,13 @@ class DeadLetters:
         """Move an event to the dead letters, with why it will not be retried."""
         now = self._reactor.seconds()
         dead = trail.dead_lettered(now, attempt, reason, note)
-        steps = self._trail_rows(event_id, dead)
-
-        def write(db: sqlite3.Connection) -> tuple[None, int]:
-            moved = db.execute(
-                "UPDATE event SET state = 'dead', attempt = ?, error = ?,"
-                " failed_at = ? WHERE id = ? AND state = 'pending'",
-                (attempt, reason, now, event_id),
-            ).rowcount
-            if moved:
-                _note(db, steps)
-            return None, -moved
-
-        return self._write(write, single=True)
+        return self._outcome(
+            "UPDATE event SET state = 'dead', attempt = ?, error = ?,"
+            " failed_at = ? WHERE id = ? AND state = 'pending'",
+            (attempt, reason, now, event_id),
+            self._trail_rows(event_id, dead),
+            leaves_pending=True,
+        )
 
     def replay(self, ids: Sequence[str] | None) -> Deferred[int]:
         """Make dead letters (all, or those named) pending again, due now."""

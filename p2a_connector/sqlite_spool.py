@@ -455,17 +455,28 @@ class SqliteSpool(GroupCommit, TwoWay, DeadLetters):
         failed = trail.attempt_failed(
             self._reactor.seconds(), attempt, error, next_at, note
         )
-        steps = self._trail_rows(event_id, failed)
+        return self._outcome(
+            "UPDATE event SET attempt = ?, next_at = ?, error = ?"
+            " WHERE id = ? AND state = 'pending'",
+            (attempt, next_at, error, event_id),
+            self._trail_rows(event_id, failed),
+            leaves_pending=False,
+        )
+
+    def _outcome(
+        self, sql: str, args: tuple, steps: list, *, leaves_pending: bool
+    ) -> Deferred[None]:
+        """
+        Record an attempt's outcome: one statement on a pending event and,
+        if it matched, its trail steps; ``leaves_pending`` when the event is
+        no longer pending afterwards.
+        """
 
         def write(db: sqlite3.Connection) -> tuple[None, int]:
-            changed = db.execute(
-                "UPDATE event SET attempt = ?, next_at = ?, error = ?"
-                " WHERE id = ? AND state = 'pending'",
-                (attempt, next_at, error, event_id),
-            ).rowcount
+            changed = db.execute(sql, args).rowcount
             if changed:
                 _note(db, steps)
-            return None, 0
+            return None, -changed if leaves_pending else 0
 
         return self._write(write, single=True)
 
