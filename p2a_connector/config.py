@@ -163,6 +163,8 @@ class SpoolConfig:
     prefix: str = "p2a"
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_master: str = "mymaster"
+    cluster: tuple[tuple[str, int], ...] = ()
+    shards: int = 16
     claim_idle: float = 60.0
     wait_replicas: int = 0
     wait_timeout: float = 0.5

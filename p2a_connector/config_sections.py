@@ -215,12 +215,23 @@ def _spool(s: _Section) -> SpoolConfig:
         commit_interval=s.get("commit_interval", float, sd["commit_interval"]),
         url=url,
         prefix=prefix,
-        sentinels=_sentinels(s),
+        sentinels=_addresses(s, "sentinels"),
         sentinel_master=s.get("sentinel_master", str, sd["sentinel_master"]),
+        cluster=_addresses(s, "cluster"),
+        shards=s.positive("shards", int, sd["shards"]),
         claim_idle=s.positive("claim_idle", float, sd["claim_idle"]),
         wait_replicas=s.get("wait_replicas", int, sd["wait_replicas"]),
         wait_timeout=s.positive("wait_timeout", float, sd["wait_timeout"]),
     )
+    if config.cluster and config.sentinels:
+        raise ConfigError(
+            f"{s.key('cluster')}: a Redis Cluster fails over by itself; give "
+            "either spool.cluster or spool.sentinels, not both"
+        )
+    if config.cluster and parse_redis_url(url)[2] != 0:
+        raise ConfigError(
+            f"{s.key('url')}: a Redis Cluster has database 0 only; got {url!r}"
+        )
     if config.wait_replicas < 0:
         raise ConfigError(
             f"{s.key('wait_replicas')}: {config.wait_replicas} is not a number "
@@ -235,17 +246,18 @@ def _spool(s: _Section) -> SpoolConfig:
     return config
 
 
-def _sentinels(s: _Section) -> tuple[tuple[str, int], ...]:
-    sentinels = []
-    for index, address in enumerate(s.get("sentinels", list, [])):
-        key = f"{s.key('sentinels')}[{index}]"
+def _addresses(s: _Section, name: str) -> tuple[tuple[str, int], ...]:
+    """A list of "host:port" strings."""
+    addresses = []
+    for index, address in enumerate(s.get(name, list, [])):
+        key = f"{s.key(name)}[{index}]"
         if not isinstance(address, str):
             raise ConfigError(f'{key}: expected a string "host:port"')
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f'{key}: expected "host:port", got {address!r}')
-        sentinels.append((host.strip("[]"), int(port)))
-    return tuple(sentinels)
+        addresses.append((host.strip("[]"), int(port)))
+    return tuple(addresses)
 
 
 def _reassembly(s: _Section) -> ReassemblyConfig:

@@ -277,6 +277,9 @@ class Intake:
                 webhook=webhook,
                 received_at=now,
                 operator=bind.operator,
+                conversation=conversation.conversation_key(
+                    bind.operator, mo.source.address, mo.destination.address
+                ),
             )
 
         event_id = new_event_id(now)

@@ -150,15 +150,9 @@ class RedisCommands:
             )
         return failure
 
-    async def _script(self, script: scripts.Script, *args: Any) -> Any:
-        """Run a script by hash, sending it whole if Redis forgot it."""
-        try:
-            reply = await self._command("EVALSHA", script.sha, 0, *args)
-        except SpoolError as e:
-            if "NOSCRIPT" not in str(e):
-                raise
-            reply = await self._command("EVAL", script.source, 0, *args)
-        return reply
+    def _script(self, script: scripts.Script, *args: Any) -> Any:
+        """Run a script that builds its keys from the prefix in ARGV."""
+        return self._script_keys(script, (), *args)
 
     async def _counted(self, script: scripts.Script, keys: Sequence[str], *args):
         """
@@ -189,6 +183,13 @@ class RedisCommands:
         return json.loads(extra[0]) if extra else [None] * len(batch)
 
     async def _script_keys(self, script: scripts.Script, keys: Sequence[str], *args):
+        """
+        Run a script by hash, sending it whole if Redis forgot it.  A script
+        given no keys declares the spool's counts key: every key it builds
+        shares that key's hash tag, so a Redis Cluster sends it to the master
+        serving them, or answers MOVED.
+        """
+        keys = keys or (self._keys + "counts",)
         try:
             return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)
         except SpoolError as e:

@@ -6,10 +6,12 @@ script modules share; reassembly in `p2a_connector.redis_reassembly_scripts`,
 the outbound side in `p2a_connector.redis_outbound`.
 
 Every key carries the spool's hash tag (``{p2a}:...``), so all of them hash
-to one slot.  Limitation: most scripts build their keys inside Lua from the
-prefix in ARGV (the caller often knows only an event id), so they declare
-no KEYS; that works on one Redis server, with or without Sentinel, but a
-Redis Cluster would refuse or misroute them.
+to one slot.  Most scripts build their keys inside Lua from the prefix in
+ARGV (the caller often knows only an event id); they are called with the
+spool's counts key declared (`p2a_connector.redis_commands`), so a Redis
+Cluster runs them on the master of that one slot or answers MOVED.  On a
+cluster the spool is split into shards with a tag each
+(`p2a_connector.redis_shards`).
 
 Floats (times) travel as the strings Python wrote and are stored as they
 came: Lua would print them with 14 digits and lose precision.

@@ -75,6 +75,19 @@ from p2a_connector.spool import (
 )
 
 
+def connection_options(
+    username: str | None, password: str | None, timeout: float
+) -> dict[str, Any]:
+    """What every txredisapi connection of the spool is given."""
+    return {
+        "charset": None,
+        "password": password,
+        "username": username,
+        "convertNumbers": False,
+        "replyTimeout": timeout * 5,
+    }
+
+
 class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
     """
     The spool in Redis, for any number of connector instances.
@@ -105,6 +118,10 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         session with a ``session.ended`` event.
     :param outbound_keep: how long a sent or failed outbound message is kept.
     :param receipt_keep: how long `reply_for` finds a sent part's message_id.
+    :param route: a `p2a_connector.redis_cluster.Route` to send every command
+        through instead of a connection of its own: a shard of the spool in
+        a Redis Cluster (`p2a_connector.redis_shards`); ``url`` then gives
+        only the password.
     """
 
     log = Logger()
@@ -133,8 +150,10 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         ussd_idle: float = conversation.DEFAULT_USSD_IDLE,
         outbound_keep: float = outbound_.DEFAULT_KEEP,
         receipt_keep: float = outbound_.DEFAULT_RECEIPT_KEEP,
+        route: Any = None,
     ):
         self.url = url
+        self._route = route
         self._conversation_idle = _number(conversation_idle)
         self._ussd_idle = ussd_idle
         self._outbound_keep = str(round(outbound_keep * 1000))
@@ -176,6 +195,8 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
     def where(self) -> str:
         """The spool's location for messages, without any password."""
         host, port, db, _, _ = parse_url(self.url)
+        if self._route is not None:
+            return f"redis cluster slot {self._route.slot} prefix {self.prefix}"
         if self._sentinels:
             return f"redis sentinel master {self._sentinel_master} db {db}"
         return f"redis://{host}:{port}/{db} prefix {self.prefix}"
@@ -214,14 +235,11 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         )
 
     def _connect(self) -> None:
+        if self._route is not None:
+            self._redis = self._route
+            return
         host, port, db, username, password = parse_url(self.url)
-        options = {
-            "charset": None,
-            "password": password,
-            "username": username,
-            "convertNumbers": False,
-            "replyTimeout": self._timeout * 5,
-        }
+        options = connection_options(username, password, self._timeout)
         if self._sentinels:
             self._sentinel = txredisapi.Sentinel(list(self._sentinels))
             endpoint = _MasterEndpoint(
@@ -477,6 +495,14 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
     async def _due(
         self, now: float, limit: int, exclude: tuple[str, ...], webhook: str | None
     ) -> list[PendingEvent]:
+        return [
+            pending for _, pending in await self.due_since(now, limit, exclude, webhook)
+        ]
+
+    async def due_since(
+        self, now: float, limit: int, exclude: Collection[str], webhook: str | None
+    ) -> list[tuple[float, PendingEvent]]:
+        """`due`, each event with the time it became due, longest waiting first."""
         events: list[tuple[float, PendingEvent]] = []
         for name in await self._webhooks(webhook):
             rows = await self._script(
@@ -504,7 +530,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
             if len(events) >= limit:
                 break
         events.sort(key=lambda pair: pair[0])
-        return [pending for _, pending in events]
+        return events
 
     async def _webhooks(self, webhook: str | None) -> list[str]:
         if webhook is not None:
@@ -539,6 +565,15 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
             if at is not None:
                 times.append(float(at))
         return min(times, default=None)
+
+    def holds(self, kind: str, item_id: str) -> Deferred[bool]:
+        """
+        Whether the spool keeps an event (``kind`` ``"ev"``) or an outbound
+        message (``"ob"``) of that id: the shard that has it, for
+        `p2a_connector.redis_shards`.
+        """
+        d = self._command("EXISTS", self._keys + kind + ":" + item_id)
+        return d.addCallback(lambda count: int(count) > 0)
 
     def trail(self, event_id: str) -> Deferred[list[dict]]:
         """The event's trail, oldest step first; empty if unknown or forgotten."""

@@ -88,6 +88,9 @@ class Segment:
     :ivar record: what the assembler needs of this segment; JSON-serialisable.
     :ivar operator: whose bind it came in on; reassemblies are bounded per
         operator.
+    :ivar conversation: the conversation key of the message it is part of
+        (`p2a_connector.conversation.conversation_key`), by which a sharded
+        spool keeps the message's segments with its conversation.
     """
 
     key: str
@@ -97,6 +100,7 @@ class Segment:
     webhook: str
     received_at: float
     operator: str = ""
+    conversation: str | None = attrs.field(default=None, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.seqnum > self.total:

@@ -26,7 +26,8 @@ def spool_from_config(
     receipt_keep: float = outbound.DEFAULT_RECEIPT_KEEP,
 ) -> Spool:
     """
-    A `SqliteSpool` or a `RedisSpool` as ``config.backend`` says; without
+    A `SqliteSpool`, a `RedisSpool` or, with ``config.cluster``, a
+    `ShardedSpool` of Redis spools, as ``config.backend`` says; without
     ``limits`` (the command line) no bound is enforced.  ``trail_keep``: how
     long trails are kept, None for no trail (`TrailConfig.spool_keep`).  The
     two-way options are the spools' own (see `SqliteSpool`).
@@ -39,21 +40,34 @@ def spool_from_config(
         "receipt_keep": receipt_keep,
     }
     if config.backend == "redis":
+        from p2a_connector.redis_shards import ShardedSpool
         from p2a_connector.redis_spool import RedisSpool
 
+        options = {
+            "prefix": config.prefix,
+            "claim_idle": config.claim_idle,
+            "wait_replicas": config.wait_replicas,
+            "wait_timeout": config.wait_timeout,
+            "completed_ttl": completed_ttl,
+            "trail_keep": trail_keep,
+            **bounds,
+        }
+        if config.cluster:
+            return ShardedSpool(
+                config.cluster,
+                config.url,
+                assembler,
+                reactor,
+                shards=config.shards,
+                **options,
+            )
         return RedisSpool(
             config.url,
             assembler,
             reactor,
-            prefix=config.prefix,
             sentinels=config.sentinels,
             sentinel_master=config.sentinel_master,
-            claim_idle=config.claim_idle,
-            wait_replicas=config.wait_replicas,
-            wait_timeout=config.wait_timeout,
-            completed_ttl=completed_ttl,
-            trail_keep=trail_keep,
-            **bounds,
+            **options,
         )
 
     from p2a_connector.sqlite_spool import SqliteSpool
@@ -100,5 +114,8 @@ def location(config: SpoolConfig) -> str:
     if config.sentinels:
         sentinels = ", ".join(f"{host}:{port}" for host, port in config.sentinels)
         return f"sentinel master {config.sentinel_master} via {sentinels}"
+    if config.cluster:
+        nodes = ", ".join(f"{host}:{port}" for host, port in config.cluster)
+        return f"redis cluster via {nodes} prefix {config.prefix}"
     host, port, db, _, _ = parse_redis_url(config.url)
     return f"redis://{host}:{port}/{db} prefix {config.prefix}"

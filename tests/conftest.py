@@ -2,7 +2,7 @@
 
 import pytest
 import pytest_twisted
-from redis_server import RedisServer, available
+from redis_server import Cluster, RedisServer, available
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
@@ -108,3 +108,18 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """A private Redis Cluster of three masters for one test module."""
+    if not available():
+        pytest.skip("no redis-server binary on this machine")
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()

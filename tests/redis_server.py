@@ -36,11 +36,17 @@ class RedisServer:
     the AOF fsynced on every write.
     """
 
-    def __init__(self, directory: Path, replica_of: int | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        replica_of: int | None = None,
+        options: tuple[str, ...] = (),
+    ):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.replica_of = replica_of
+        self.options = options
         self.process: subprocess.Popen | None = None
 
     @property
@@ -73,6 +79,7 @@ class RedisServer:
                     if self.replica_of is not None
                     else []
                 ),
+                *self.options,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -106,6 +113,122 @@ class RedisServer:
         if process is not None and process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+class Cluster:
+    """
+    A Redis Cluster of ``masters`` redis-server processes, each with
+    ``replicas`` replicas, made with ``redis-cli --cluster create``; a
+    failed master's replica takes over within about two seconds.
+    """
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0):
+        self.directory = Path(directory)
+        self.nodes = [
+            RedisServer(
+                self.directory / f"node{index}",
+                options=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(self.directory / f"node{index}" / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "1000",
+                    # Not the default of the port + 10000, which may be taken
+                    # or past 65535.
+                    "--cluster-port",
+                    str(_free_port()),
+                ),
+            )
+            for index in range(masters * (1 + replicas))
+        ]
+        self.replicas = replicas
+        self.created = False
+
+    @property
+    def seeds(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", node.port) for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the nodes; the first time, make them a cluster."""
+        for node in self.nodes:
+            node.start()
+        if not self.created:
+            self._create(timeout)
+            self.created = True
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test Redis Cluster did not become ready")
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        """Every node sees the cluster ok, and every replica has its master."""
+        for node in self.nodes:
+            if self.state(node) != "ok":
+                return False
+            info = self.cli(node, "INFO", "replication")
+            if "role:slave" in info and "master_link_status:up" not in info:
+                return False
+        return True
+
+    def _create(self, timeout: float) -> None:
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+
+    def state(self, node: RedisServer) -> str:
+        """cluster_state of a node: ``ok``, ``fail``, or ``down`` if it is."""
+        if node.process is None:
+            return "down"
+        info = self.cli(node, "CLUSTER", "INFO")
+        for line in info.splitlines():
+            if line.startswith("cluster_state:"):
+                return line.split(":", 1)[1].strip()
+        return "unknown"
+
+    def cli(self, node: RedisServer, *args: str) -> str:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(node.port), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return done.stdout
+
+    def master_of(self, slot: int) -> RedisServer:
+        """The node serving a hash slot now."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            for line in self.cli(node, "CLUSTER", "NODES").splitlines():
+                fields = line.split()
+                if "myself" in fields[2] and "master" in fields[2]:
+                    for span in fields[8:]:
+                        first, _, last = span.partition("-")
+                        if first.isdigit() and int(first) <= slot <= int(last or first):
+                            return node
+        raise LookupError(f"no live master serves slot {slot}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class Sentinel:

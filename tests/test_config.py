@@ -279,10 +279,33 @@ def test_a_redis_spool_is_configured_by_url_prefix_and_sentinels(tmp_path):
     assert (spool.sentinel_master, spool.claim_idle) == ("mymaster", 90.0)
 
 
+def test_a_redis_cluster_spool_names_some_nodes_and_its_shards(tmp_path):
+    text = MINIMAL.replace(
+        'backend = "sqlite"',
+        'backend = "redis"\nurl = "redis://:pw@10.0.0.5:6379/0"\n'
+        'cluster = ["10.0.0.5:6379", "[fd00::6]:6379"]\nshards = 12',
+    )
+
+    spool = config.load(write(tmp_path, text)).spool
+
+    assert spool.cluster == (("10.0.0.5", 6379), ("fd00::6", 6379))
+    assert spool.shards == 12
+
+
 @pytest.mark.parametrize(
     "line, message",
     [
         ('url = "http://127.0.0.1/0"', "spool.url: expected a redis:// URL"),
+        ('cluster = ["10.0.0.5"]', r"spool.cluster\[0\]: expected \"host:port\""),
+        ('cluster = ["10.0.0.5:6379"]\nshards = 0', "spool.shards: must be greater"),
+        (
+            'cluster = ["10.0.0.5:6379"]\nsentinels = ["10.0.0.7:26379"]',
+            "spool.cluster: a Redis Cluster fails over by itself",
+        ),
+        (
+            'cluster = ["10.0.0.5:6379"]\nurl = "redis://10.0.0.5:6379/3"',
+            "spool.url: a Redis Cluster has database 0 only",
+        ),
         ('url = "redis://127.0.0.1:6379/x"', "spool.url: the database must"),
         ('prefix = "{p2a}"', "spool.prefix: must be a non-empty name"),
         ('sentinels = ["10.0.0.7"]', r"spool.sentinels\[0\]: expected \"host:port\""),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from redis_server import RedisServer, Sentinel, available
+from redis_server import Cluster, RedisServer, Sentinel, available
 from test_end_to_end import PHONE, SHORT_CODE, bound, deliver, events, sleep, until
 from twisted.internet import reactor, utils
 
@@ -26,12 +26,24 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(tmp_path / "redis")
+@pytest.fixture(params=["redis", "cluster"])
+def redis(request, tmp_path):
+    """One redis-server, or a Redis Cluster of three masters."""
+    if request.param == "redis":
+        server = RedisServer(tmp_path / "redis")
+    else:
+        server = Cluster(tmp_path / "cluster")
     server.start()
     yield server
     server.stop()
+
+
+def spool_lines(redis) -> str:
+    """The [spool] lines, beside its url, that name a cluster's nodes."""
+    if not isinstance(redis, Cluster):
+        return ""
+    nodes = ", ".join(f'"{host}:{port}"' for host, port in redis.seeds)
+    return f"cluster = [{nodes}]\nshards = 4"
 
 
 @pytest.fixture
@@ -50,7 +62,7 @@ def daemons(tmp_path, receiver, redis):
                 smsc_port=port,
                 redis_url=redis.url,
                 bind_name=f"op1-{name}",
-                spool_extra="claim_idle = 1",
+                spool_extra="claim_idle = 1\n" + spool_lines(redis),
             )
         )
         process = Daemon(

@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 
 from p2a_connector import conversation
 from p2a_connector.outbound import Outbound, reply_id
+from p2a_connector.redis_shards import ShardedSpool
 from p2a_connector.redis_spool import RedisSpool
 from p2a_connector.spool import Event, Reassemblies, Segment, SpoolError, SpoolLimit
 from p2a_connector.sqlite_spool import SqliteSpool
@@ -53,6 +54,7 @@ def segment(
     at = at or reactor.seconds()
     return Segment(
         key=f"{operator}|447700900001|88000|{ref}|{total}",
+        conversation=conversation.conversation_key(operator, "447700900001", "88000"),
         seqnum=seqnum,
         total=total,
         record={"ref": ref, "text": f"<{ref}.{seqnum}>", "received_at": int(at)},
@@ -80,12 +82,23 @@ class Backends:
         self.url = None
         if kind == "redis":
             self.url = request.getfixturevalue("redis_server").url
+        if kind == "cluster":
+            self.cluster = request.getfixturevalue("redis_cluster")
         self.opened: list = []
 
     def make(self, assembler=None, **options):
         assembler = assembler or Assembler()
         if self.kind == "sqlite":
             spool = SqliteSpool(self.path, assembler, reactor, **options)
+        elif self.kind == "cluster":
+            spool = ShardedSpool(
+                self.cluster.seeds,
+                self.cluster.url,
+                assembler,
+                reactor,
+                prefix=self.prefix,
+                **{"shards": 4, **options},
+            )
         else:
             spool = RedisSpool(
                 self.url, assembler, reactor, prefix=self.prefix, **options
@@ -99,7 +112,7 @@ class Backends:
         return spool
 
 
-@pytest_twisted.async_yield_fixture(params=["sqlite", "redis"])
+@pytest_twisted.async_yield_fixture(params=["sqlite", "redis", "cluster"])
 async def backend(request, tmp_path):
     backends = Backends(request.param, tmp_path, request)
     yield backends
@@ -492,7 +505,16 @@ async def test_dead_letter_count_counts_dead_letters(spool):
 def bounded(backend, **bounds):
     options = {"max_reassemblies_per_operator": 2, "max_reassemblies": 3}
     options.update(bounds)
-    return backend.open(**options)
+    return backend.open(**exact(backend, options))
+
+
+def exact(backend, options):
+    """
+    Options for a spool that enforces the bounds exactly: a Redis Cluster
+    spool shares each bound out between its shards (test_redis_cluster.py),
+    and enforces it whole with one shard.
+    """
+    return {**options, "shards": 1} if backend.kind == "cluster" else options
 
 
 async def refusal(d) -> SpoolLimit:
@@ -549,7 +571,9 @@ async def test_past_the_byte_bound_a_segment_is_refused_unless_it_completes(
     backend,
 ):
     record_bytes = size(segment("a", 1, 3))
-    spool = await backend.open(max_reassembly_bytes=2 * record_bytes)
+    spool = await backend.open(
+        **exact(backend, {"max_reassembly_bytes": 2 * record_bytes})
+    )
     await spool.store(segment("a", 1, 3))
     await spool.store(segment("b", 1, 2))
 

@@ -1,0 +1,227 @@
+"""
+The Redis spool on a Redis Cluster: hash slots as the cluster computes
+them, shards spread over masters, bounds shared out between shards, slots
+moved while the spool runs, and a master failing over to its replica.
+
+Every cluster is real: redis-server processes in cluster mode on free
+loopback ports, joined by ``redis-cli --cluster create``.  The spool's
+contract on a cluster is in test_spool_contract.py (kind ``cluster``).
+"""
+
+import json
+import os
+
+import pytest
+import pytest_twisted
+from redis_server import Cluster, available
+from test_spool_contract import Assembler, event, segment
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from p2a_connector.redis_cluster import key_slot
+from p2a_connector.redis_shards import ShardedSpool, shard_of
+from p2a_connector.spool import SpoolError, SpoolLimit
+
+pytestmark = pytest.mark.skipif(
+    not available(), reason="no redis-server binary on this machine"
+)
+
+
+def sharded(cluster: Cluster, **options) -> ShardedSpool:
+    options = {"shards": 4, "prefix": f"t{os.urandom(4).hex()}", **options}
+    return ShardedSpool(cluster.seeds, cluster.url, Assembler(), reactor, **options)
+
+
+@pytest_twisted.async_yield_fixture
+async def spools():
+    """Opens sharded spools; all are closed at the end."""
+    opened = []
+
+    async def open_(cluster: Cluster, **options) -> ShardedSpool:
+        spool = sharded(cluster, **options)
+        await spool.open()
+        opened.append(spool)
+        return spool
+
+    yield open_
+    for spool in opened:
+        await spool.close()
+
+
+async def _sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+def test_key_slots_are_the_clusters(redis_cluster):
+    node = redis_cluster.nodes[0]
+    keys = ["p2a", "{p2a:3}:ev:msg_1", "a{}b", "{}{x}", "x{y}z{w}", "msg_ä"]
+
+    for key in keys:
+        assert key_slot(key) == int(redis_cluster.cli(node, "CLUSTER", "KEYSLOT", key))
+
+
+def test_a_conversation_has_one_shard_whatever_the_process():
+    key = "op1|447700900001|88000"
+
+    assert shard_of(key, 16) == shard_of(key, 16)
+    assert {shard_of(f"op1|44770090{n:04d}|88000", 16) for n in range(200)} == set(
+        range(16)
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_shards_spread_over_the_masters(redis_cluster, spools):
+    spool = await spools(redis_cluster, shards=16)
+
+    masters = {
+        redis_cluster.master_of(shard._route.slot).port for shard in spool.shards
+    }
+
+    assert len(masters) == 3
+    assert len(spool.cluster.masters) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_segments_offered_to_two_instances_make_one_event(redis_cluster, spools):
+    first = await spools(redis_cluster)
+    second = await spools(redis_cluster, prefix=first.prefix)
+
+    assert await first.store(segment("x", 1, 2)) is None
+    completed = await second.store(segment("x", 2, 2))
+    again = await first.store(segment("x", 2, 2))
+
+    assert json.loads(completed.body)["text"] == "<x.1><x.2>"
+    assert again is None
+    assert [e.id for e in await first.due(reactor.seconds(), 10)] == [completed.id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_shard_enforces_its_share_of_a_bound(redis_cluster, spools):
+    spool = await spools(redis_cluster, shards=2, max_reassemblies=4)
+    refs = [f"r{n}" for n in range(40)]
+    refused = []
+
+    for ref in refs:
+        try:
+            await spool.store(segment(ref, 1, 2, operator=ref))
+        except SpoolLimit as limit:
+            refused.append((ref, limit.bound))
+
+    assert spool.reassemblies().count == 4
+    assert [shard.reassemblies().count for shard in spool.shards] == [2, 2]
+    assert {bound for _, bound in refused} == {2}
+    assert len(refused) == 36
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_is_found_by_id_in_whichever_shard_keeps_it(
+    redis_cluster, spools
+):
+    spool = await spools(redis_cluster, shards=8)
+    for n in range(12):
+        await spool.store(event(f"msg_{n}"))
+    # Never handed out by due, so not known to be in any shard.
+    await spool.dead("msg_7", 1, "gone")
+
+    assert [letter["id"] for letter in await spool.dead_letters()] == ["msg_7"]
+    assert await spool.dead_letter_count() == 1
+    assert spool.pending() == 11
+    assert [step["step"] for step in await spool.trail("msg_7")][-1] == "dead_lettered"
+
+
+def move_slot(cluster: Cluster, slot: int) -> None:
+    """Move a slot and its keys to another master, as a reshard does."""
+    source = cluster.master_of(slot)
+    target = next(
+        node
+        for node in cluster.nodes
+        if node is not source and node.port in {m.port for m in _masters(cluster)}
+    )
+    source_id = cluster.cli(source, "CLUSTER", "MYID").strip()
+    target_id = cluster.cli(target, "CLUSTER", "MYID").strip()
+    cluster.cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+    cluster.cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+    while keys := cluster.cli(
+        source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100"
+    ).split():
+        cluster.cli(
+            source,
+            "MIGRATE",
+            "127.0.0.1",
+            str(target.port),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            *keys,
+        )
+    for node in _masters(cluster):
+        cluster.cli(node, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
+
+def _masters(cluster: Cluster) -> list:
+    return [
+        node
+        for node in cluster.nodes
+        if node.process is not None
+        and "role:master" in cluster.cli(node, "INFO", "replication")
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_shard_moved_to_another_master_is_followed(redis_cluster, spools):
+    spool = await spools(redis_cluster, shards=1)
+    slot = spool.shards[0]._route.slot
+    before = redis_cluster.master_of(slot).port
+    for n in range(5):
+        await spool.store(event(f"msg_{n}"))
+
+    move_slot(redis_cluster, slot)
+    await spool.store(event("msg_5"))
+
+    after = redis_cluster.master_of(slot).port
+    assert after != before
+    assert spool.cluster.serving(slot) == ("127.0.0.1", after)
+    assert [e.id for e in await spool.due(reactor.seconds(), 10)] == [
+        f"msg_{n}" for n in range(6)
+    ]
+    assert spool.pending() == 6
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path):
+    """
+    Three masters with two replicas each: a master killed fails over to a
+    replica that still has another replica for ``wait_replicas = 1``.
+    """
+    cluster = Cluster(tmp_path / "replicated", masters=3, replicas=2)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_master_is_replaced_and_nothing_acknowledged_is_lost(
+    replicated_cluster, spools
+):
+    spool = await spools(replicated_cluster, shards=1, wait_replicas=1)
+    slot = spool.shards[0]._route.slot
+    for n in range(20):
+        await spool.store(event(f"msg_{n:02d}"))
+
+    replicated_cluster.master_of(slot).kill()
+    stored = None
+    for _ in range(60):
+        try:
+            stored = await spool.store(event("msg_after"))
+            break
+        except SpoolError:
+            await _sleep(0.5)
+
+    assert stored is not None, "the replica never took over"
+    due = await spool.due(reactor.seconds(), 100)
+    assert [e.id for e in due] == [f"msg_{n:02d}" for n in range(20)] + ["msg_after"]
