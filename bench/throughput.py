@@ -14,7 +14,9 @@ redis-server started for the run on a free loopback port (AOF on, no
 snapshots, ``--appendfsync`` everysec by default) and stopped at the end;
 ``--dispatchers 0`` runs one process of role ``all`` on it, ``--dispatchers
 N`` one ``--role receiver`` process holding the bind and N ``--role
-dispatcher`` processes posting the webhooks.  The project's SMSC
+dispatcher`` processes posting the webhooks.  ``--spool cluster`` is the
+same on a private Redis Cluster of three masters (no replicas), the spool
+split into ``--shards`` shards.  The project's SMSC
 simulator, in this process, binds it and offers ``--messages`` deliver_sm,
 either as fast as ``--window`` outstanding PDUs allow (``--rate 0``) or paced
 at ``--rate`` messages per second.  Every message has its own text and its
@@ -78,7 +80,7 @@ from p2a_connector.smpp_status import ESME_ROK, status_name
 # The tests' private redis-server, so the benchmark never touches a Redis
 # anyone else uses.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from redis_server import RedisServer, available
+from redis_server import Cluster, RedisServer, available
 
 SHORT_CODE = Address("88000", 3, 0)
 _PERCENTILES = (50, 90, 99)
@@ -415,13 +417,47 @@ def _wait(d: defer.Deferred, seconds: float, reactor) -> defer.Deferred[bool]:
     return outcome.addCallback(settled)
 
 
-def start_redis(work: Path, appendfsync: str) -> RedisServer:
+class PrivateRedis:
     """
-    A private redis-server with the AOF on; the tests' class fsyncs every
-    write, so the benchmark's ``appendfsync`` is set once it answers.
+    The run's own Redis: one redis-server, or with ``shards`` a Redis
+    Cluster of three masters (no replicas) that the spool is split over.
+    The AOF is on; the tests' class fsyncs every write, so the benchmark's
+    ``appendfsync`` is set on each server once it answers.
     """
-    server = RedisServer(work / "redis")
-    server.start()
+
+    def __init__(self, work: Path, appendfsync: str, shards: int = 0):
+        self.shards = shards
+        if shards:
+            self._cluster = Cluster(work / "cluster")
+            self.servers = self._cluster.nodes
+        else:
+            self._cluster = None
+            self.servers = [RedisServer(work / "redis")]
+        (self._cluster or self.servers[0]).start()
+        for server in self.servers:
+            _set_appendfsync(server, appendfsync)
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    @property
+    def spool_lines(self) -> str:
+        """The [spool] lines beside the url: the cluster's nodes and shards."""
+        if not self.shards:
+            return ""
+        nodes = ", ".join(f'"127.0.0.1:{server.port}"' for server in self.servers)
+        return f"cluster = [{nodes}]\nshards = {self.shards}"
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(server.process.pid) for server in self.servers)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def _set_appendfsync(server: RedisServer, appendfsync: str) -> None:
     with socket.create_connection(("127.0.0.1", server.port), 2) as s:
         s.sendall(
             b"*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nappendfsync\r\n"
@@ -429,9 +465,7 @@ def start_redis(work: Path, appendfsync: str) -> RedisServer:
         )
         answer = s.recv(64)
     if not answer.startswith(b"+OK"):
-        server.stop()
         raise RuntimeError(f"CONFIG SET appendfsync {appendfsync}: {answer!r}")
-    return server
 
 
 def start_daemons(
@@ -465,7 +499,7 @@ def start_daemons(
 def _cpu(daemons: dict[str, Daemon], redis, receiver_pid) -> dict[str, float]:
     cpu = {f"twistd {name}": cpu_seconds(d.process.pid) for name, d in daemons.items()}
     if redis is not None:
-        cpu["redis-server"] = cpu_seconds(redis.process.pid)
+        cpu["redis-server"] = redis.cpu_seconds()
     cpu["bench"] = cpu_seconds()
     cpu["receiver"] = cpu_seconds(receiver_pid) if receiver_pid else 0.0
     return cpu
@@ -475,7 +509,10 @@ async def run(reactor, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.duration
     work = Path(tempfile.mkdtemp(prefix="p2a-bench-"))
     messages, texts = build_messages(args.messages, args.parts)
-    redis = start_redis(work, args.appendfsync) if args.spool == "redis" else None
+    redis = None
+    if args.spool != "sqlite":
+        shards = args.shards if args.spool == "cluster" else 0
+        redis = PrivateRedis(work, args.appendfsync, shards)
     try:
         return await _run(reactor, args, deadline, work, messages, texts, redis)
     finally:
@@ -523,7 +560,7 @@ async def _run(reactor, args, deadline, work, messages, texts, redis) -> int:
     simulator = SMSCSimulator("p2a", "secret", clock=reactor)
     smsc_port = simulator.listen(reactor)
     if redis is not None:
-        spool = {"redis_url": redis.url}
+        spool = {"redis_url": redis.url, "spool_extra": redis.spool_lines}
     else:
         spool = {
             "spool": work / "spool.db",
@@ -666,7 +703,8 @@ def _report(args, offer, texts, received, cpu_before, cpu_after, start, end):
             "spool": args.spool,
             "dispatchers": args.dispatchers,
             "dispatcher_nice": args.dispatcher_nice,
-            "appendfsync": args.appendfsync if args.spool == "redis" else None,
+            "appendfsync": args.appendfsync if args.spool != "sqlite" else None,
+            "shards": args.shards if args.spool == "cluster" else None,
             "rate": args.rate,
             "window": args.window,
             "concurrency": args.concurrency,
@@ -722,8 +760,10 @@ def _print(report: dict, args: argparse.Namespace) -> None:
 
     p = report["parameters"]
     cpu = report["cpu_percent_of_one_core"]
-    if p["spool"] == "redis":
-        spool = f"spool=redis appendfsync={p['appendfsync']}"
+    if p["spool"] != "sqlite":
+        spool = f"spool={p['spool']} appendfsync={p['appendfsync']}"
+        if p["spool"] == "cluster":
+            spool += f" (3 masters, {p['shards']} shards)"
         processes = (
             "all"
             if not p["dispatchers"]
@@ -819,7 +859,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--commit-interval", type=float, default=0.002, help="sqlite only"
     )
-    parser.add_argument("--spool", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument(
+        "--spool",
+        choices=("sqlite", "redis", "cluster"),
+        default="sqlite",
+        help="cluster: the Redis spool on a private three-master Redis Cluster",
+    )
+    parser.add_argument(
+        "--shards", type=int, default=4, help="cluster only: spool.shards"
+    )
     parser.add_argument(
         "--dispatchers",
         type=int,
@@ -862,10 +910,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--messages, --window and --sample must be at least 1")
     if args.dispatchers < 0:
         parser.error("--dispatchers must be 0 or more")
-    if args.dispatchers and args.spool != "redis":
-        parser.error("--dispatchers needs --spool redis: sqlite allows role all only")
-    if args.spool == "redis" and not available():
-        parser.error("--spool redis needs a redis-server binary on the PATH")
+    if args.dispatchers and args.spool == "sqlite":
+        parser.error("--dispatchers needs a Redis spool: sqlite allows role all only")
+    if args.spool != "sqlite" and not available():
+        parser.error(f"--spool {args.spool} needs a redis-server binary on the PATH")
+    if args.shards < 1:
+        parser.error("--shards must be at least 1")
 
     async def react(reactor) -> None:
         status = await run(reactor, args)

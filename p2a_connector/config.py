@@ -164,7 +164,7 @@ class SpoolConfig:
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_master: str = "mymaster"
     cluster: tuple[tuple[str, int], ...] = ()
-    shards: int = 16
+    shards: int = 4
     claim_idle: float = 60.0
     wait_replicas: int = 0
     wait_timeout: float = 0.5

@@ -107,7 +107,7 @@ class ShardedSpool:
         assembler: Assembler,
         reactor: Any,
         *,
-        shards: int = 16,
+        shards: int = 4,
         prefix: str = "p2a",
         timeout: float = 1.0,
         **options: Any,

@@ -49,3 +49,12 @@ def test_a_small_redis_run_with_split_roles_delivers_every_message():
     assert {"twistd receiver", "twistd dispatcher-2", "redis-server"} <= set(
         report["cpu_us_per_message"]
     )
+
+
+@pytest.mark.skipif(not available(), reason="no redis-server binary on this machine")
+def test_a_small_redis_cluster_run_delivers_every_message():
+    report = run("--messages", "300", "--parts", "2", "--spool", "cluster")
+
+    assert report["ok"] is True
+    assert report["distinct_ids"] == 300
+    assert report["parameters"]["shards"] == 4
