@@ -16,8 +16,11 @@ from test_end_to_end import PHONE, SHORT_CODE, bound, deliver, events, sleep, un
 from twisted.internet import reactor, utils
 
 from p2a_connector import traffic
+from p2a_connector.conversation import conversation_key
 from p2a_connector.harness import Daemon, config_text
 from p2a_connector.receiver import Reply
+from p2a_connector.redis_cluster import key_slot
+from p2a_connector.redis_shards import shard_of
 from p2a_connector.simulator import SMSCSimulator
 from p2a_connector.smpp_status import ESME_ROK
 
@@ -240,6 +243,44 @@ async def test_redis_restarted_mid_load_loses_nothing_acknowledged(
     )
 
 
+async def delivery_survives(smpp_simulator, process, receiver, kill) -> int:
+    """
+    A message delivered, ``kill`` of the master, and a message offered
+    until the spool takes it is delivered too; gives how many offers got
+    another status than ESME_ROK meanwhile.
+    """
+    session = await bound(smpp_simulator, process)
+    part = traffic.split("before failover", "gsm7", None)[0]
+    assert await deliver(smpp_simulator, part) == ESME_ROK
+    await until(lambda: len(events(receiver)) == 1, what="the first event")
+    await sleep(0.5)  # let the replica catch up before its master dies
+
+    kill()
+    after = traffic.split("after failover", "gsm7", None)[0]
+    status, refused = None, 0
+    for _ in range(60):
+        status = await session.deliver(
+            source=PHONE,
+            destination=SHORT_CODE,
+            data_coding=after.data_coding,
+            short_message=after.short_message,
+        )
+        if status == ESME_ROK:
+            break
+        refused += 1
+        await sleep(0.5)
+
+    assert status == ESME_ROK, process.text()
+    await until(
+        lambda: (
+            "after failover" in {e["data"]["text"] for e in events(receiver).values()}
+        ),
+        timeout=20,
+        what="delivery through the promoted replica",
+    )
+    return refused
+
+
 @pytest_twisted.ensureDeferred
 async def test_sentinel_failover_and_delivery_continues(
     tmp_path, smpp_simulator, receiver
@@ -265,38 +306,48 @@ async def test_sentinel_failover_and_delivery_continues(
     process = Daemon(reactor, config, tmp_path / "daemon.log")
     process.start()
     try:
-        session = await bound(smpp_simulator, process)
-        part = traffic.split("before failover", "gsm7", None)[0]
-        assert await deliver(smpp_simulator, part) == ESME_ROK
-        await until(lambda: len(events(receiver)) == 1, what="the first event")
-        await sleep(0.5)  # let the replica catch up before its master dies
-
-        master.kill()
-        after = traffic.split("after failover", "gsm7", None)[0]
-        status = None
-        for _ in range(60):
-            status = await session.deliver(
-                source=PHONE,
-                destination=SHORT_CODE,
-                data_coding=after.data_coding,
-                short_message=after.short_message,
-            )
-            if status == ESME_ROK:
-                break
-            await sleep(0.5)
-
-        assert status == ESME_ROK, process.text()
-        await until(
-            lambda: (
-                "after failover"
-                in {e["data"]["text"] for e in events(receiver).values()}
-            ),
-            timeout=20,
-            what="delivery through the promoted replica",
+        refused = await delivery_survives(
+            smpp_simulator, process, receiver, master.kill
         )
+        assert refused > 0, "the failover never showed"
     finally:
         if process.running:
             await process.kill()
         sentinel.stop()
         replica.stop()
         master.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cluster_failover_and_delivery_continues(
+    tmp_path, smpp_simulator, receiver
+):
+    cluster = Cluster(tmp_path / "cluster", masters=3, replicas=1)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        config_text(
+            webhook_url=receiver.url,
+            smsc_port=smpp_simulator.listening.getHost().port,
+            redis_url=cluster.url,
+            spool_extra=spool_lines(cluster),
+        )
+    )
+    process = Daemon(reactor, config, tmp_path / "daemon.log")
+    process.start()
+    try:
+        # The master of the shard this person's conversation is in.
+        home = shard_of(conversation_key("op1", PHONE.address, SHORT_CODE.address), 4)
+        master = cluster.master_of(key_slot("{" + f"p2a:{home}" + "}"))
+        refused = await delivery_survives(
+            smpp_simulator, process, receiver, master.kill
+        )
+        assert refused > 0, "the failover never showed"
+    finally:
+        if process.running:
+            await process.kill()
+        cluster.stop()
