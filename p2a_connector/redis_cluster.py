@@ -15,6 +15,12 @@ When a master fails, Redis Cluster promotes one of its replicas.  Commands
 to the failed master time out or lose their connection; each such failure
 asks the cluster again which node serves which slot (at most once at a
 time), so the spool finds the new master without a restart.
+
+Limitation: a slot must not be resharded while the spool writes to it.
+The scripts build most of their keys from the prefix instead of declaring
+them, so Redis cannot redirect a script whose keys are half migrated: it
+runs on the old master, which no longer has the keys already moved.  A
+slot moved whole is followed (MOVED).
 """
 
 from __future__ import annotations

@@ -54,6 +54,10 @@ def _split(bounds: Mapping[str, Any], shards: int) -> dict[str, Any]:
     The reassembly bounds each shard enforces: an equal part of each, so
     the shards together never hold more than the whole bound.
     """
+    # Limitation: a shard that gets more than its share of concatenated
+    # traffic refuses new reassemblies before the total reaches the bound;
+    # enforcing the total exactly would take a count outside the shards'
+    # slots, which their scripts cannot change atomically.
     return {
         name: None if value is None else max(1, -(-value // shards))
         for name, value in bounds.items()

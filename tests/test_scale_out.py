@@ -6,13 +6,23 @@ Every daemon is a real `twistd -n p2a-connector --role ...` process; the
 Redis is a private redis-server on a free port.
 """
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from redis_server import Cluster, RedisServer, Sentinel, available
-from test_end_to_end import PHONE, SHORT_CODE, bound, deliver, events, sleep, until
+from test_end_to_end import (
+    PHONE,
+    SHORT_CODE,
+    bound,
+    cli,
+    deliver,
+    events,
+    sleep,
+    until,
+)
 from twisted.internet import reactor, utils
 
 from p2a_connector import traffic
@@ -172,6 +182,42 @@ async def test_a_killed_dispatcher_events_are_delivered_by_another(
     assert again == held
     texts = sorted(e["data"]["text"] for e in events(receiver).values())
     assert texts == [f"in flight {number}" for number in range(5)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_letters_are_listed_and_replayed_by_the_command_line(
+    daemons, smpp_simulator, receiver, tmp_path
+):
+    receiver.script(400, 400, 400)
+    process = daemons("receiver", smpp_simulator)
+    # A dispatcher looks at the spool often, so it finds the replayed events.
+    daemons("dispatcher")
+    await bound(smpp_simulator, process)
+    for number in range(3):
+        part = traffic.split(f"rejected {number}", "gsm7", None)[0]
+        assert await deliver(smpp_simulator, part) == ESME_ROK
+    await until(lambda: len(receiver.requests) == 3, what="three attempts")
+    rejected = {request.headers["webhook-id"] for request in receiver.requests}
+    config = str(tmp_path / "receiver-a.toml")
+
+    # A post's answer reaches the receiver before its dead letter is written.
+    listed: set[str] = set()
+    for _ in range(20):
+        out, err, status = await cli(
+            "dead-letters", "list", "--json", "--config", config
+        )
+        assert status == 0, err
+        listed = {json.loads(line)["id"] for line in out.decode().splitlines()}
+        if len(listed) == 3:
+            break
+        await sleep(0.25)
+    assert listed == rejected
+
+    out, err, status = await cli("dead-letters", "replay", "--all", "--config", config)
+    assert status == 0, err
+    assert b"3 dead letter(s)" in out
+    await until(lambda: len(receiver.requests) == 6, what="the replayed posts")
+    assert {r.headers["webhook-id"] for r in receiver.requests[3:]} == rejected
 
 
 @pytest_twisted.ensureDeferred
