@@ -138,10 +138,14 @@ class Cluster:
         """Ask the known masters, then the seeds, which node serves each slot."""
         errors = []
         for address in (*self.masters, *self._seeds):
+            where = f"{address[0]}:{address[1]}"
             try:
                 reply = await self._ask(address, "CLUSTER", "SLOTS")
-            except Exception as e:  # noqa: BLE001 - the next node may answer
-                errors.append(f"{address[0]}:{address[1]}: {e}")
+            except txredisapi.ResponseError as e:
+                errors.append(f"{where}: {e}")
+                continue
+            except (CancelledError, DeferredTimeout, txredisapi.ConnectionError):
+                errors.append(f"{where}: no answer within {self._timeout:g} s")
                 continue
             masters = _slot_map(reply)
             if len(masters) < SLOTS:
@@ -153,7 +157,9 @@ class Cluster:
             self._masters = masters
             return
         raise txredisapi.ConnectionError(
-            "no Redis Cluster node told the slot map: " + "; ".join(errors)
+            "cannot learn which master serves which slot: "
+            + "; ".join(errors)
+            + "; check spool.cluster and that the cluster runs"
         )
 
     def _ask(self, address: Address, *args: Any) -> Deferred:

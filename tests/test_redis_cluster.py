@@ -225,3 +225,37 @@ async def test_a_failed_master_is_replaced_and_nothing_acknowledged_is_lost(
     assert stored is not None, "the replica never took over"
     due = await spool.due(reactor.seconds(), 100)
     assert [e.id for e in due] == [f"msg_{n:02d}" for n in range(20)] + ["msg_after"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_node_answering_is_a_clear_error():
+    spool = ShardedSpool(
+        [("127.0.0.1", 9)], "redis://127.0.0.1:9/0", Assembler(), reactor
+    )
+
+    with pytest.raises(
+        SpoolError, match="127.0.0.1:9: no answer within 1 s; check spool.cluster"
+    ):
+        await spool.open()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_without_cluster_mode_is_a_clear_error(redis_server):
+    spool = ShardedSpool(
+        [("127.0.0.1", redis_server.port)], redis_server.url, Assembler(), reactor
+    )
+
+    with pytest.raises(SpoolError, match="cluster support disabled"):
+        await spool.open()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cluster_not_serving_every_slot_is_a_clear_error(tmp_path):
+    lone = Cluster(tmp_path / "lone", masters=1)
+    lone.nodes[0].start()  # cluster mode, but no slots assigned
+    try:
+        spool = ShardedSpool(lone.seeds, lone.url, Assembler(), reactor)
+        with pytest.raises(SpoolError, match="serves 0 of 16384 slots"):
+            await spool.open()
+    finally:
+        lone.stop()
