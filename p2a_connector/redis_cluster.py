@@ -34,6 +34,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 SLOTS = 16384
 
@@ -150,8 +151,8 @@ class Cluster:
             masters = _slot_map(reply)
             if len(masters) < SLOTS:
                 errors.append(
-                    f"{address[0]}:{address[1]}: serves {len(masters)} of "
-                    f"{SLOTS} slots; the cluster is not fully set up"
+                    f"{where}: serves {len(masters)} of {SLOTS} slots; "
+                    "the cluster is not fully set up"
                 )
                 continue
             self._masters = masters
@@ -173,7 +174,7 @@ class Cluster:
 
         def done(result: Any) -> None:
             self._refreshing = None
-            if hasattr(result, "value"):
+            if isinstance(result, Failure):
                 self.log.warn(
                     "cannot learn the Redis Cluster's slot map: {error}",
                     error=str(result.value),

@@ -18,6 +18,7 @@ from test_spool_contract import Assembler, event, segment
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from p2a_connector.redis_cluster import Cluster as RedisCluster
 from p2a_connector.redis_cluster import key_slot
 from p2a_connector.redis_shards import ShardedSpool, shard_of
 from p2a_connector.spool import SpoolError, SpoolLimit
@@ -186,6 +187,40 @@ async def test_a_shard_moved_to_another_master_is_followed(redis_cluster, spools
         f"msg_{n}" for n in range(6)
     ]
     assert spool.pending() == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_key_already_migrating_is_read_where_it_went(redis_cluster):
+    client = RedisCluster(redis_cluster.seeds, reactor, timeout=1.0, options={})
+    await client.start()
+    tag = "{" + f"t{os.urandom(4).hex()}" + "}"
+    route = client.route(tag)
+    await route.execute_command("SET", tag + ":moving", "here")
+    source = redis_cluster.master_of(route.slot)
+    target = next(n for n in _masters(redis_cluster) if n is not source)
+    source_id = redis_cluster.cli(source, "CLUSTER", "MYID").strip()
+    target_id = redis_cluster.cli(target, "CLUSTER", "MYID").strip()
+    slot = str(route.slot)
+    try:
+        redis_cluster.cli(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        redis_cluster.cli(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        redis_cluster.cli(
+            source,
+            "MIGRATE",
+            "127.0.0.1",
+            str(target.port),
+            tag + ":moving",
+            "0",
+            "5000",
+        )
+
+        # The source answers ASK: the key is on the target, the slot not yet.
+        assert await route.execute_command("GET", tag + ":moving") == "here"
+        assert client.serving(route.slot) == ("127.0.0.1", source.port)
+    finally:
+        for node in _masters(redis_cluster):
+            redis_cluster.cli(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        await client.disconnect()
 
 
 @pytest.fixture
