@@ -61,18 +61,22 @@ def _filled(event: Event, extra: Sequence[Any]) -> Event:
 
 class ScriptBatch:
     """
-    The calls of one script made in the same reactor turn, sent to Redis as
-    one call that does them all, in order: one command to build, time and
-    parse instead of one per message.  Each caller's Deferred fires with its
-    own result, or all fail together with the call's failure.  A script
-    that fails part way keeps what it did before, as any Redis script does;
-    its callers treat their writes as not done, which can deliver a message
-    twice but never loses one.
+    The calls of one script, sent to Redis as one call that does them all,
+    in order: one command to build, time and parse instead of one per
+    message.  Calls made in one reactor turn go together at its end; while
+    ``in_flight`` batches are unanswered, calls wait and go together when
+    one is answered, so the busier Redis is, the larger the batches, and a
+    quiet spool sends each call at the end of its turn.  Each caller's
+    Deferred fires with its own result, or all fail together with the
+    call's failure.  A script that fails part way keeps what it did before,
+    as any Redis script does; its callers treat their writes as not done,
+    which can deliver a message twice but never loses one.
 
     :param send: runs the script for a list of calls' arguments, giving one
         result per call in the same order.
     :param limit: the most calls in one script run, which blocks Redis
-        while it runs; more than that are sent at once, as another batch.
+        while it runs; more than that are sent as further batches.
+    :param in_flight: how many batches may wait for Redis at once.
     """
 
     def __init__(
@@ -80,10 +84,13 @@ class ScriptBatch:
         send: Callable[[list[tuple]], Awaitable[Sequence[Any]]],
         reactor: Any,
         limit: int = 200,
+        in_flight: int = 2,
     ):
         self._send = send
         self._reactor = reactor
         self._limit = limit
+        self._most_in_flight = in_flight
+        self._in_flight = 0
         self._calls: list[tuple] = []
         self._waiting: list[Deferred] = []
         self._flush_call: Any = None
@@ -92,20 +99,28 @@ class ScriptBatch:
         d: Deferred = Deferred()
         self._calls.append(args)
         self._waiting.append(d)
-        if len(self._calls) >= self._limit:
-            self._flush()
-        elif self._flush_call is None:
-            self._flush_call = self._reactor.callLater(0, self._flush)
+        self._schedule()
         return d
 
+    def _schedule(self) -> None:
+        if self._flush_call is None and self._in_flight < self._most_in_flight:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
     def _flush(self) -> None:
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
         self._flush_call = None
-        calls, waiting = self._calls, self._waiting
-        self._calls, self._waiting = [], []
-        if not calls:
-            return
+        while self._calls and self._in_flight < self._most_in_flight:
+            calls, self._calls = self._calls[: self._limit], self._calls[self._limit :]
+            waiting = self._waiting[: len(calls)]
+            del self._waiting[: len(calls)]
+            self._in_flight += 1
+            self._run(calls, waiting)
+
+    def _run(self, calls: list[tuple], waiting: list[Deferred]) -> None:
+        def answered(outcome: Any) -> Any:
+            self._in_flight -= 1
+            if self._calls:
+                self._schedule()
+            return outcome
 
         def sent(results: Sequence[Any]) -> None:
             for d, result in zip(waiting, results):
@@ -115,7 +130,8 @@ class ScriptBatch:
             for d in waiting:
                 d.errback(failure)
 
-        ensureDeferred(self._send(calls)).addCallbacks(sent, failed)
+        sending = ensureDeferred(self._send(calls))
+        sending.addBoth(answered).addCallbacks(sent, failed)
 
 
 class RedisCommands:

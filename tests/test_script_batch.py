@@ -1,6 +1,7 @@
 """
 `ScriptBatch`: the calls made in one reactor turn go to Redis as one script
-call; each caller hears its own result, or every caller the failure.
+call, and calls made while Redis still holds earlier batches wait to go
+together; each caller hears its own result, or every caller the failure.
 """
 
 from twisted.internet.defer import Deferred
@@ -55,17 +56,49 @@ def test_a_failed_call_fails_every_caller_of_the_batch():
     assert [failure.check(RuntimeError) for failure in got] == [RuntimeError] * 2
 
 
-def test_calls_past_the_limit_go_at_once_and_the_rest_at_the_end_of_the_turn():
+def test_calls_past_the_limit_go_as_another_batch():
     clock, script = Clock(), Script()
     batch = ScriptBatch(script.send, clock, limit=2)
 
     for n in range(3):
         batch.add((n,))
-    assert script.batches == [[(0,), (1,)]]
     clock.advance(0)
 
     assert script.batches == [[(0,), (1,)], [(2,)]]
     assert clock.getDelayedCalls() == []
+
+
+def test_while_redis_holds_the_batches_in_flight_calls_wait_and_go_together():
+    clock, script = Clock(), Script()
+    batch = ScriptBatch(script.send, clock, in_flight=1)
+    first = results([batch.add(("first",))])
+    clock.advance(0)
+
+    later = results([batch.add((n,)) for n in range(3)])
+    clock.advance(0)
+    assert script.batches == [[("first",)]]
+
+    script.answers[0].callback(["done"])
+    clock.advance(0)
+    assert first == ["done"]
+    assert script.batches == [[("first",)], [(0,), (1,), (2,)]]
+    script.answers[1].callback(["a", "b", "c"])
+    assert later == ["a", "b", "c"]
+
+
+def test_a_failed_batch_lets_the_waiting_calls_go():
+    clock, script = Clock(), Script()
+    batch = ScriptBatch(script.send, clock, in_flight=1)
+    failed = results([batch.add(("first",))])
+    clock.advance(0)
+    batch.add(("second",))
+    clock.advance(0)
+
+    script.answers[0].errback(RuntimeError("Redis did not answer"))
+    clock.advance(0)
+
+    assert failed[0].check(RuntimeError)
+    assert script.batches == [[("first",)], [("second",)]]
 
 
 def test_a_later_turn_makes_another_batch():
