@@ -872,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dispatchers",
         type=int,
         default=0,
-        help="redis only: 0 one process of role all; N a receiver + N dispatchers",
+        help="redis and cluster: 0 one process of role all; N a receiver + N dispatchers",
     )
     parser.add_argument(
         "--appendfsync",
@@ -884,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dispatcher-nice",
         type=int,
         default=0,
-        help="redis only: the dispatcher processes' nice value (0-19)",
+        help="redis and cluster: the dispatcher processes' nice value (0-19)",
     )
     parser.add_argument(
         "--receiver",

@@ -289,42 +289,60 @@ async def test_redis_restarted_mid_load_loses_nothing_acknowledged(
     )
 
 
-async def delivery_survives(smpp_simulator, process, receiver, kill) -> int:
+async def failover_keeps_delivering(
+    tmp_path, smpp_simulator, receiver, kill, *, redis_url: str, spool_extra: str
+) -> None:
     """
-    A message delivered, ``kill`` of the master, and a message offered
-    until the spool takes it is delivered too; gives how many offers got
-    another status than ESME_ROK meanwhile.
+    A daemon on this Redis delivers a message; ``kill`` fails a master; a
+    message offered until the spool takes it (the busy status meanwhile,
+    which must show) is delivered too.
     """
-    session = await bound(smpp_simulator, process)
-    part = traffic.split("before failover", "gsm7", None)[0]
-    assert await deliver(smpp_simulator, part) == ESME_ROK
-    await until(lambda: len(events(receiver)) == 1, what="the first event")
-    await sleep(0.5)  # let the replica catch up before its master dies
-
-    kill()
-    after = traffic.split("after failover", "gsm7", None)[0]
-    status, refused = None, 0
-    for _ in range(60):
-        status = await session.deliver(
-            source=PHONE,
-            destination=SHORT_CODE,
-            data_coding=after.data_coding,
-            short_message=after.short_message,
+    config = tmp_path / "failover.toml"
+    config.write_text(
+        config_text(
+            webhook_url=receiver.url,
+            smsc_port=smpp_simulator.listening.getHost().port,
+            redis_url=redis_url,
+            spool_extra=spool_extra,
         )
-        if status == ESME_ROK:
-            break
-        refused += 1
-        await sleep(0.5)
-
-    assert status == ESME_ROK, process.text()
-    await until(
-        lambda: (
-            "after failover" in {e["data"]["text"] for e in events(receiver).values()}
-        ),
-        timeout=20,
-        what="delivery through the promoted replica",
     )
-    return refused
+    process = Daemon(reactor, config, tmp_path / "daemon.log")
+    process.start()
+    try:
+        session = await bound(smpp_simulator, process)
+        part = traffic.split("before failover", "gsm7", None)[0]
+        assert await deliver(smpp_simulator, part) == ESME_ROK
+        await until(lambda: len(events(receiver)) == 1, what="the first event")
+        await sleep(0.5)  # let the replica catch up before its master dies
+
+        kill()
+        after = traffic.split("after failover", "gsm7", None)[0]
+        status, refused = None, 0
+        for _ in range(60):
+            status = await session.deliver(
+                source=PHONE,
+                destination=SHORT_CODE,
+                data_coding=after.data_coding,
+                short_message=after.short_message,
+            )
+            if status == ESME_ROK:
+                break
+            refused += 1
+            await sleep(0.5)
+
+        assert status == ESME_ROK, process.text()
+        assert refused > 0, "the failover never showed"
+        await until(
+            lambda: (
+                "after failover"
+                in {e["data"]["text"] for e in events(receiver).values()}
+            ),
+            timeout=20,
+            what="delivery through the promoted replica",
+        )
+    finally:
+        if process.running:
+            await process.kill()
 
 
 @pytest_twisted.ensureDeferred
@@ -340,25 +358,16 @@ async def test_sentinel_failover_and_delivery_continues(
     # A new Sentinel answers at once but needs a moment of talking to the
     # master and its replica before it will name the master to clients.
     await sleep(1.5)
-    config = tmp_path / "sentinel.toml"
-    config.write_text(
-        config_text(
-            webhook_url=receiver.url,
-            smsc_port=smpp_simulator.listening.getHost().port,
+    try:
+        await failover_keeps_delivering(
+            tmp_path,
+            smpp_simulator,
+            receiver,
+            master.kill,
             redis_url="redis://127.0.0.1:6379/0",
             spool_extra=f'sentinels = ["127.0.0.1:{sentinel.port}"]',
         )
-    )
-    process = Daemon(reactor, config, tmp_path / "daemon.log")
-    process.start()
-    try:
-        refused = await delivery_survives(
-            smpp_simulator, process, receiver, master.kill
-        )
-        assert refused > 0, "the failover never showed"
     finally:
-        if process.running:
-            await process.kill()
         sentinel.stop()
         replica.stop()
         master.stop()
@@ -371,29 +380,16 @@ async def test_cluster_failover_and_delivery_continues(
     cluster = Cluster(tmp_path / "cluster", masters=3, replicas=1)
     try:
         cluster.start()
-    except BaseException:
-        cluster.stop()
-        raise
-    config = tmp_path / "cluster.toml"
-    config.write_text(
-        config_text(
-            webhook_url=receiver.url,
-            smsc_port=smpp_simulator.listening.getHost().port,
-            redis_url=cluster.url,
-            spool_extra=spool_lines(cluster),
-        )
-    )
-    process = Daemon(reactor, config, tmp_path / "daemon.log")
-    process.start()
-    try:
         # The master of the shard this person's conversation is in.
         home = shard_of(conversation_key("op1", PHONE.address, SHORT_CODE.address), 4)
         master = cluster.master_of(key_slot("{" + f"p2a:{home}" + "}"))
-        refused = await delivery_survives(
-            smpp_simulator, process, receiver, master.kill
+        await failover_keeps_delivering(
+            tmp_path,
+            smpp_simulator,
+            receiver,
+            master.kill,
+            redis_url=cluster.url,
+            spool_extra=spool_lines(cluster),
         )
-        assert refused > 0, "the failover never showed"
     finally:
-        if process.running:
-            await process.kill()
         cluster.stop()
