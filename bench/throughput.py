@@ -872,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dispatchers",
         type=int,
         default=0,
-        help="redis and cluster: 0 one process of role all; N a receiver + N dispatchers",
+        help="redis, cluster: 0 one process of role all; N a receiver + N dispatchers",
     )
     parser.add_argument(
         "--appendfsync",
