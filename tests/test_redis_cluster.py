@@ -72,7 +72,8 @@ def test_a_conversation_has_one_shard_whatever_the_process():
 
 @pytest_twisted.ensureDeferred
 async def test_shards_spread_over_the_masters(redis_cluster, spools):
-    spool = await spools(redis_cluster, shards=16)
+    # The default prefix: its 16 tags fall on every third of the slots.
+    spool = await spools(redis_cluster, shards=16, prefix="p2a")
 
     masters = {
         redis_cluster.master_of(shard._route.slot).port for shard in spool.shards
