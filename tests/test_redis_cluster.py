@@ -131,34 +131,51 @@ async def test_an_event_is_found_by_id_in_whichever_shard_keeps_it(
     assert [step["step"] for step in await spool.trail("msg_7")][-1] == "dead_lettered"
 
 
-def move_slot(cluster: Cluster, slot: int) -> None:
-    """Move a slot and its keys to another master, as a reshard does."""
-    source = cluster.master_of(slot)
-    target = next(
-        node
-        for node in cluster.nodes
-        if node is not source and node.port in {m.port for m in _masters(cluster)}
-    )
-    source_id = cluster.cli(source, "CLUSTER", "MYID").strip()
-    target_id = cluster.cli(target, "CLUSTER", "MYID").strip()
-    cluster.cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
-    cluster.cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
-    while keys := cluster.cli(
-        source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100"
-    ).split():
+class Migration:
+    """
+    A slot on its way from its master to another, as a reshard moves it:
+    the target importing, the source migrating, keys moved one call at a
+    time, and at `finish` the target serving it.
+    """
+
+    def __init__(self, cluster: Cluster, slot: int):
+        self.cluster = cluster
+        self.slot = str(slot)
+        self.source = cluster.master_of(slot)
+        self.target = next(n for n in _masters(cluster) if n is not self.source)
+        source_id = cluster.cli(self.source, "CLUSTER", "MYID").strip()
+        self._target_id = cluster.cli(self.target, "CLUSTER", "MYID").strip()
         cluster.cli(
-            source,
+            self.target, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", source_id
+        )
+        cluster.cli(
+            self.source, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self._target_id
+        )
+
+    def move(self, *keys: str) -> None:
+        self.cluster.cli(
+            self.source,
             "MIGRATE",
             "127.0.0.1",
-            str(target.port),
+            str(self.target.port),
             "",
             "0",
             "5000",
             "KEYS",
             *keys,
         )
-    for node in _masters(cluster):
-        cluster.cli(node, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
+    def move_all(self) -> None:
+        while keys := self.cluster.cli(
+            self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, "100"
+        ).split():
+            self.move(*keys)
+
+    def finish(self) -> None:
+        for node in _masters(self.cluster):
+            self.cluster.cli(
+                node, "CLUSTER", "SETSLOT", self.slot, "NODE", self._target_id
+            )
 
 
 def _masters(cluster: Cluster) -> list:
@@ -178,7 +195,9 @@ async def test_a_shard_moved_to_another_master_is_followed(redis_cluster, spools
     for n in range(5):
         await spool.store(event(f"msg_{n}"))
 
-    move_slot(redis_cluster, slot)
+    migration = Migration(redis_cluster, slot)
+    migration.move_all()
+    migration.finish()
     await spool.store(event("msg_5"))
 
     after = redis_cluster.master_of(slot).port
@@ -197,30 +216,15 @@ async def test_a_key_already_migrating_is_read_where_it_went(redis_cluster):
     tag = "{" + f"t{os.urandom(4).hex()}" + "}"
     route = client.route(tag)
     await route.execute_command("SET", tag + ":moving", "here")
-    source = redis_cluster.master_of(route.slot)
-    target = next(n for n in _masters(redis_cluster) if n is not source)
-    source_id = redis_cluster.cli(source, "CLUSTER", "MYID").strip()
-    target_id = redis_cluster.cli(target, "CLUSTER", "MYID").strip()
-    slot = str(route.slot)
+    migration = Migration(redis_cluster, route.slot)
     try:
-        redis_cluster.cli(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        redis_cluster.cli(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-        redis_cluster.cli(
-            source,
-            "MIGRATE",
-            "127.0.0.1",
-            str(target.port),
-            tag + ":moving",
-            "0",
-            "5000",
-        )
+        migration.move(tag + ":moving")
 
         # The source answers ASK: the key is on the target, the slot not yet.
         assert await route.execute_command("GET", tag + ":moving") == "here"
-        assert client.serving(route.slot) == ("127.0.0.1", source.port)
+        assert client.serving(route.slot) == ("127.0.0.1", migration.source.port)
     finally:
-        for node in _masters(redis_cluster):
-            redis_cluster.cli(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        migration.finish()
         await client.disconnect()
 
 
