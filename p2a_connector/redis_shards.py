@@ -143,10 +143,6 @@ class ShardedSpool:
             )
             for index in range(shards)
         ]
-        consumer = self.shards[0].consumer
-        for shard in self.shards:
-            shard.consumer = consumer
-        self.consumer = consumer
         # Which shard each event and outbound message handed out is in.
         self._events = _Known()
         self._outbound = _Known()
@@ -223,8 +219,9 @@ class ShardedSpool:
         return Reassemblies(count=count, bytes=size, by_operator=by_operator)
 
     def set_bounds(self, **bounds: int | None) -> None:
+        shares = _split(bounds, len(self.shards))
         for shard in self.shards:
-            shard.set_bounds(**_split(bounds, len(self.shards)))
+            shard.set_bounds(**shares)
 
     def due(
         self,

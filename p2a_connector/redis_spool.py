@@ -490,14 +490,8 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         ``exclude`` (the ones in flight).  Handed out events stay this
         instance's until acknowledged, or ``claim_idle`` seconds idle.
         """
-        return ensureDeferred(self._due(now, limit, tuple(exclude), webhook))
-
-    async def _due(
-        self, now: float, limit: int, exclude: tuple[str, ...], webhook: str | None
-    ) -> list[PendingEvent]:
-        return [
-            pending for _, pending in await self.due_since(now, limit, exclude, webhook)
-        ]
+        d = ensureDeferred(self.due_since(now, limit, tuple(exclude), webhook))
+        return d.addCallback(lambda events: [pending for _, pending in events])
 
     async def due_since(
         self, now: float, limit: int, exclude: Collection[str], webhook: str | None
