@@ -33,10 +33,14 @@ async def delivered_two_part_after_a_503(daemon, smsc, receiver):  # noqa: F811
     for part in traffic.split("a message in two parts, " * 8, "gsm7", "udh8"):
         assert await deliver(smsc, part) == ESME_ROK
     await until(lambda: len(receiver.requests) == 2, what="the retried post")
+    event_id = receiver.requests[0].headers["webhook-id"]
+    # The line logged once the delivery is recorded; "delivered " alone is
+    # also in the start-up line's "undelivered events".
     await until(
-        lambda: "delivered " in process.text(), what="the daemon logging delivery"
+        lambda: f"delivered {event_id} to" in process.text(),
+        what="the daemon logging delivery",
     )
-    return process, receiver.requests[0].headers["webhook-id"]
+    return process, event_id
 
 
 @pytest_twisted.ensureDeferred
