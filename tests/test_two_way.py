@@ -135,7 +135,10 @@ async def test_a_webhook_answering_twice_with_the_same_reply_sends_it_once(
     assert await deliver(smsc, traffic.split("hello", "gsm7", None)[0]) == ESME_ROK
     await until(lambda: len(receiver.requests) == 2, what="the retried post")
     await submitted(smsc, 1, process)
-    await until(lambda: "delivered " in process.text(), what="the delivery")
+    event_id = receiver.requests[0].headers["webhook-id"]
+    await until(
+        lambda: f"delivered {event_id} to" in process.text(), what="the delivery"
+    )
     await sleep(1.0)
 
     assert [s.pdu.short_message for s in smsc.submits] == [b"once"]
