@@ -40,12 +40,6 @@ LOG_LEVELS = ("debug", "info", "warn", "error")
 # Where systemd puts the files named by LoadCredential= (systemd.exec(5)).
 CREDENTIALS_VARIABLE = "CREDENTIALS_DIRECTORY"
 
-# Headers every post carries, which configuration must not replace.
-RESERVED_HEADERS = frozenset(
-    {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type"}
-)
-
-
 class ConfigError(Exception):
     """The configuration file is unusable; the message says where and why."""
 

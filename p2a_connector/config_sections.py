@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +29,6 @@ from p2a_connector.config import (
     MIN_ADMIN_TOKEN,
     NPIS,
     REDIS_COMMAND_TIMEOUT,
-    RESERVED_HEADERS,
     TONS,
     AdminConfig,
     BindConfig,
@@ -45,7 +45,13 @@ from p2a_connector.config import (
     WebhookConfig,
     parse_redis_url,
 )
+from p2a_connector.signing import RESERVED_HEADERS
 from p2a_connector.smpp_status import status_code
+
+# RFC 9110: a header name is a token; a value is visible ASCII or text
+# beyond it, with spaces and tabs between, and no line break.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 
 class _Section:
@@ -342,6 +348,16 @@ def _webhook(s: _Section) -> WebhookConfig:
             raise ConfigError(
                 f"{s.key('headers')}.{header}: set by the connector itself; "
                 "remove it from the configuration"
+            )
+        if not _HEADER_NAME.fullmatch(header):
+            raise ConfigError(
+                f"{s.key('headers')}.{header}: not a header name "
+                "(letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ConfigError(
+                f"{s.key('headers')}.{header}: a header value must be printable "
+                "text on one line"
             )
 
     wd = _defaults(WebhookConfig)

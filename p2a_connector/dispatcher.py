@@ -31,16 +31,13 @@ from twisted.internet.defer import (
 )
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from p2a_connector import signing
 from p2a_connector.config import WebhookConfig
+from p2a_connector.http_posts import Posts
 from p2a_connector.metrics import Metrics
 from p2a_connector.spool import Spool
-from p2a_connector.webhook_http import (
-    SCHEDULE,
-    _Endpoints,
-)
+from p2a_connector.webhook_http import SCHEDULE
 from p2a_connector.webhook_lane import Lane
 
 # The longest a lane sleeps without looking: events can also appear without
@@ -57,8 +54,8 @@ class Dispatcher(Service):
     :param random: the source of jitter, a function returning [0, 1).
     :param shutdown_timeout: how long `stopService` lets posts finish before
         cancelling them.
-    :param pool: the HTTP connection pool; by default a persistent one that
-        keeps up to ``concurrency`` idle connections per webhook host.
+    :param posts: what posts go through; by default one that keeps up to
+        ``concurrency`` idle connections per webhook host.
     :param batch: the most events a lane fetches at once.
     :param idle_check: the longest a lane goes without looking at the spool.
     :param metrics: where attempts, responses, latency, dead letters and
@@ -82,7 +79,7 @@ class Dispatcher(Service):
         schedule: Sequence[float] = SCHEDULE,
         random: Callable[[], float] = _random.random,
         shutdown_timeout: float = 10.0,
-        pool: HTTPConnectionPool | None = None,
+        posts: Posts | None = None,
         batch: int = 100,
         idle_check: float = IDLE_CHECK,
         metrics: Metrics | None = None,
@@ -97,14 +94,11 @@ class Dispatcher(Service):
         self.metrics = metrics or Metrics()
         self.shutdown_timeout = shutdown_timeout
         self._reactor = reactor
-        if pool is None:
-            pool = HTTPConnectionPool(reactor, persistent=True)
-            pool.maxPersistentPerHost = max(
-                (w.concurrency for w in webhooks), default=1
+        if posts is None:
+            posts = Posts(
+                reactor, max_idle=max((w.concurrency for w in webhooks), default=1)
             )
-        self._pool = pool
-        agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)
-        self._agent = agent
+        self._posts = posts
         self._lane_options = {
             "schedule": tuple(schedule),
             "random": random,
@@ -121,7 +115,7 @@ class Dispatcher(Service):
         return Lane(
             webhook,
             self.spool,
-            self._agent,
+            self._posts,
             self._reactor,
             metrics=self.metrics,
             **self._lane_options,
@@ -166,8 +160,8 @@ class Dispatcher(Service):
                 lane.start()
 
         # Grown, never shrunk: idle connections beyond the need just expire.
-        self._pool.maxPersistentPerHost = max(
-            [self._pool.maxPersistentPerHost, *(w.concurrency for w in webhooks)]
+        self._posts.max_idle = max(
+            [self._posts.max_idle, *(w.concurrency for w in webhooks)]
         )
 
     def wake(self, webhook: str | None = None) -> None:
@@ -203,7 +197,7 @@ class Dispatcher(Service):
     def _stopped(self, _: Any, deadline: IDelayedCall) -> Deferred[None]:
         if deadline.active():
             deadline.cancel()
-        return self._pool.closeCachedConnections()
+        return self._posts.close()
 
     def _cancel(self) -> None:
         self.log.warn(

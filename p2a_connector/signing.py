@@ -18,9 +18,16 @@ from collections.abc import Sequence
 
 SECRET_PREFIX = "whsec_"
 
-# Set from the event on every attempt; configuration must not replace them.
+# Set from the event on every attempt; configuration must not replace them,
+# nor the headers that frame the request on its connection.
 SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
-RESERVED_HEADERS = (*SIGNED_HEADERS, "content-type")
+RESERVED_HEADERS = (
+    *SIGNED_HEADERS,
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+)
 
 
 def secret_key(secret: str) -> bytes:

@@ -1,13 +1,7 @@
 """
 The HTTP side of webhook delivery: the retry schedule and ``Retry-After``,
-how a failed post is described and which answers are retried, and the
-plumbing `p2a_connector.dispatcher.Dispatcher` posts through: Twisted's Agent
-on a persistent pool, a body written at once, answers read to a bound,
-endpoints made once per host, URLs encoded once per webhook.
-
-treq is not used for the posts: under load its request path (the URL parsed
-and IDNA-encoded, cookie and content-decoding agents, on every post) took
-about a fifth of the daemon's reactor thread.
+how a failed post is described and which answers are retried.  The posts
+themselves go through `p2a_connector.http_posts`.
 """
 
 from __future__ import annotations
@@ -16,18 +10,12 @@ import random as _random
 from collections.abc import Callable, Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any
 
-from hyperlink import EncodedURL
-from twisted.internet.defer import Deferred, TimeoutError, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.defer import TimeoutError
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseNeverReceived
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
-from zope.interface import implementer
+
+from p2a_connector.http_posts import AnswerLost, NotHTTP
 
 # Seconds to wait before attempts 1 to 10: the Standard Webhooks schedule.
 SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
@@ -93,114 +81,8 @@ def _describe(failure: Failure, timeout: float) -> str:
         return f"cannot resolve the host: {failure.value}"
     if failure.check(ConnectError):
         return f"cannot connect: {failure.getErrorMessage().rstrip('.')}"
-    if failure.check(ResponseNeverReceived):
-        reasons = failure.value.reasons
-        inner = reasons[0].getErrorMessage() if reasons else "connection lost"
-        return f"no response: {inner}"
+    if failure.check(AnswerLost):
+        return f"no response: {failure.getErrorMessage().rstrip('.')}"
+    if failure.check(NotHTTP):
+        return failure.getErrorMessage()
     return f"{failure.type.__name__}: {failure.getErrorMessage()}"
-
-
-class _Collect(Protocol):
-    """
-    Reads a response body to its end, keeping at most ``keep`` bytes of it:
-    a bigger body is read and thrown away, and comes out as None.
-    """
-
-    def __init__(self, done: Deferred[bytes | None], keep: int):
-        self.done = done
-        self._keep = keep
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size <= self._keep:
-            self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.done.called:
-            kept = self._size <= self._keep
-            self.done.callback(b"".join(self._chunks) if kept else None)
-
-
-@implementer(IBodyProducer)
-class _Body:
-    """
-    An event's body, written as soon as the request asks for it.
-
-    A FileBodyProducer (what treq makes of bytes) writes them a
-    cooperator turn later, as a second small TCP segment after the headers;
-    written at once, headers and body leave together.
-    """
-
-    def __init__(self, body: bytes):
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-def request_url(url: str) -> bytes:
-    """
-    A webhook URL as the Agent takes it, encoded once per webhook (IDNA host,
-    percent-encoded path), not on every post as treq would.
-    """
-    return EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
-
-
-@implementer(IAgentEndpointFactory)
-class _Endpoints:
-    """
-    The agent's endpoints, one per scheme, host and port, made on first use
-    rather than for every post (each costs a host name encoding, and for
-    https a TLS policy lookup).
-    """
-
-    def __init__(self, reactor: Any):
-        self._reactor = reactor
-        self._tls = BrowserLikePolicyForHTTPS()
-        self._made: dict[tuple[bytes, bytes, int], Any] = {}
-
-    def endpointForURI(self, uri: Any) -> Any:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._made.get(key)
-        if endpoint is None:
-            host = uri.host.decode("ascii")
-            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
-            if uri.scheme == b"https":
-                creator = self._tls.creatorForNetloc(uri.host, uri.port)
-                endpoint = wrapClientTLS(creator, endpoint)
-            self._made[key] = endpoint
-        return endpoint
-
-
-def _drain(
-    response: IResponse, timeout: float, reactor: IReactorTime, keep: int = 0
-) -> Deferred[bytes | None]:
-    """
-    Consume the body so the connection can carry the next request, and fire
-    with it when it is at most ``keep`` bytes (else None); a body that does
-    not end within ``timeout`` has its connection closed, and is None too.
-    """
-
-    def abort(_: Deferred) -> None:
-        if protocol.transport is not None:
-            protocol.transport.stopProducing()
-
-    done: Deferred[bytes | None] = Deferred(abort)
-    protocol = _Collect(done, keep)
-    response.deliverBody(protocol)
-    done.addTimeout(max(timeout, 0.0), reactor)
-    done.addErrback(lambda _: None)
-    return done

@@ -18,22 +18,17 @@ from twisted.internet.defer import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
 
 from p2a_connector import replies, signing
 from p2a_connector.config import WebhookConfig
+from p2a_connector.http_posts import Answer, Posts, Target
 from p2a_connector.metrics import Metrics
 from p2a_connector.poller import Poller
 from p2a_connector.spool import PendingEvent, Spool, SpoolError
 from p2a_connector.webhook_http import (
-    _Body,
     _describe,
-    _drain,
     _retried,
     parse_retry_after,
-    request_url,
     retry_delay,
 )
 
@@ -75,7 +70,7 @@ class Lane:
         self,
         webhook: WebhookConfig,
         spool: Spool,
-        agent: Agent,
+        posts: Posts,
         reactor: Any,
         *,
         schedule: tuple[float, ...],
@@ -87,7 +82,7 @@ class Lane:
     ):
         self.webhook = webhook
         self._on_replies = on_replies
-        self._url = request_url(webhook.url)
+        self._target = Target.of(webhook.url)
         self._metrics = metrics.webhook(webhook.name)
         self._spool_errors = metrics.spool_errors
         # Every delivery under way, from its POST to its recorded outcome;
@@ -103,7 +98,7 @@ class Lane:
         # hands an untouched event to another instance (``claim_idle``).
         self._ready: deque[PendingEvent] = deque()
         self._spool = spool
-        self._agent = agent
+        self._posts = posts
         self._reactor = reactor
         self._schedule = schedule
         self._random = random
@@ -132,7 +127,7 @@ class Lane:
     def reconfigure(self, webhook: WebhookConfig) -> None:
         """New settings for the next attempt; posts under way keep theirs."""
         self.webhook = webhook
-        self._url = request_url(webhook.url)
+        self._target = Target.of(webhook.url)
         # A higher concurrency has free slots to fill now.
         self.look()
 
@@ -254,7 +249,7 @@ class Lane:
         started = self._reactor.seconds()
 
         try:
-            response = await self._post(event)
+            answer = await self._post(event)
         except Exception:  # noqa: BLE001 - any failure to post is retried
             failure = Failure()
             self._answered(event)
@@ -279,21 +274,18 @@ class Lane:
             return
 
         elapsed = self._reactor.seconds() - started
-        self._metrics.answered(response.code, elapsed)
-        status = response.code
-        answerable = 200 <= status <= 299 and event.type == "message.received"
-        body = await _drain(
-            response,
-            self.webhook.timeout - elapsed,
-            self._reactor,
-            keep=MAX_ANSWER if answerable else 0,
-        )
         self._answered(event)
+        status = answer.code
+        self._metrics.answered(status, elapsed)
 
         note = _note(attempt, status, elapsed)
         if 200 <= status <= 299:
-            answer = self._answer(event, response, body) if answerable else None
-            queued = answer.replies if answer is not None else ()
+            asked = (
+                self._replies(event, answer)
+                if event.type == "message.received"
+                else None
+            )
+            queued = asked.replies if asked is not None else ()
             await self._recorded(
                 "delivered",
                 self._spool.delivered,
@@ -313,18 +305,15 @@ class Lane:
             )
         elif _retried(status):
             retry_after = parse_retry_after(
-                response.headers.getRawHeaders(b"retry-after", [None])[-1],
-                self._reactor.seconds(),
+                answer.headers.get(b"retry-after"), self._reactor.seconds()
             )
             await self._retry(event, attempt, f"HTTP {status}", retry_after, note)
         else:
             await self._dead(event, attempt, f"HTTP {status}", note)
 
-    def _answer(
-        self, event: PendingEvent, response: IResponse, body: bytes | None
-    ) -> replies.Answer:
+    def _replies(self, event: PendingEvent, answer: Answer) -> replies.Answer:
         """The replies in a webhook's 2xx answer; what is wrong is logged."""
-        if body is None:
+        if answer.body is None:
             self.log.warn(
                 "the answer of {webhook} to {id} is over {size} bytes or did not "
                 "end in time; any reply in it is not sent",
@@ -333,23 +322,23 @@ class Lane:
                 size=MAX_ANSWER,
             )
             return replies.Answer()
-        content_type = response.headers.getRawHeaders(b"content-type", [None])[-1]
-        answer = replies.read(
-            body,
+        content_type = answer.headers.get(b"content-type")
+        asked = replies.read(
+            answer.body,
             content_type.decode("latin-1") if content_type else None,
             event_id=event.id,
             event_body=event.body,
             webhook=self.webhook.name,
             now=self._reactor.seconds(),
         )
-        for problem in answer.problems:
+        for problem in asked.problems:
             self.log.warn(
                 "the answer of {webhook} to {id}: {problem}",
                 webhook=self.webhook.name,
                 id=event.id,
                 problem=problem,
             )
-        for reply in answer.replies:
+        for reply in asked.replies:
             self.log.info(
                 "reply {reply} to {id} queued for {to} via {operator}",
                 reply=reply.id,
@@ -357,30 +346,21 @@ class Lane:
                 to=reply.destination.get("address"),
                 operator=reply.operator,
             )
-        return answer
+        return asked
 
-    def _post(self, event: PendingEvent) -> Deferred[IResponse]:
+    def _post(self, event: PendingEvent) -> Deferred[Answer]:
         webhook = self.webhook
         timestamp = int(self._reactor.seconds())
         headers = signing.headers(
             webhook.secrets, event.id, timestamp, event.body, webhook.headers
         )
-        request = self._agent.request(
-            b"POST", self._url, Headers(headers), _Body(event.body)
+        return self._posts.post(
+            self._target,
+            headers,
+            event.body,
+            timeout=webhook.timeout,
+            keep=MAX_ANSWER if event.type == "message.received" else 0,
         )
-
-        # Not Deferred.addTimeout: cancelling an HTTP request fails it with
-        # ResponseNeverReceived, which addTimeout would not recognise.
-        deadline = self._reactor.callLater(webhook.timeout, request.cancel)
-
-        def settled(result: Any) -> Any:
-            if deadline.active():
-                deadline.cancel()
-            elif isinstance(result, Failure):
-                return Failure(TimeoutError(f"no response in {webhook.timeout}s"))
-            return result
-
-        return request.addBoth(settled)
 
     async def _retry(
         self,

@@ -182,6 +182,33 @@ def test_a_header_the_signature_depends_on_cannot_be_configured(tmp_path):
     assert error_for(tmp_path, text).startswith("webhook[0].headers.Webhook-Id: set by")
 
 
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ('"Content-Length" = "1"', "webhook[0].headers.Content-Length: set by"),
+        ('"X Tenant" = "a"', "webhook[0].headers.X Tenant: not a header name"),
+        (
+            '"X-Tenant" = "a\\r\\nX-Admin: yes"',
+            "webhook[0].headers.X-Tenant: a header value must be printable",
+        ),
+    ],
+)
+def test_a_header_that_would_break_the_request_is_refused(tmp_path, header, message):
+    text = MINIMAL.replace('name = "app"', f'name = "app"\nheaders = {{ {header} }}')
+
+    assert error_for(tmp_path, text).startswith(message)
+
+
+def test_a_configured_header_is_kept(tmp_path):
+    text = MINIMAL.replace(
+        'name = "app"', 'name = "app"\nheaders = { "X-Tenant" = "blue\tgreen" }'
+    )
+
+    assert config.load(write(tmp_path, text)).webhooks[0].headers == (
+        ("X-Tenant", "blue\tgreen"),
+    )
+
+
 def test_limits_have_defaults_for_a_busy_platform(tmp_path):
     limits = config.load(write(tmp_path, MINIMAL)).limits
 
