@@ -40,6 +40,7 @@ LOG_LEVELS = ("debug", "info", "warn", "error")
 # Where systemd puts the files named by LoadCredential= (systemd.exec(5)).
 CREDENTIALS_VARIABLE = "CREDENTIALS_DIRECTORY"
 
+
 class ConfigError(Exception):
     """The configuration file is unusable; the message says where and why."""
 

@@ -31,9 +31,10 @@ class DeadLetters:
         """Move an event to the dead letters, with why it will not be retried."""
         now = self._reactor.seconds()
         dead = trail.dead_lettered(now, attempt, reason, note)
-        return self._done(
+        recorded = self._done(
             scripts.DEAD, event_id, attempt, reason, _number(now), self._steps(dead)
         )
+        return self._outcome(recorded, event_id)
 
     def replay(self, ids: Sequence[str] | None) -> Deferred[int]:
         """Make dead letters (all, or those named) pending again, due now."""

@@ -35,12 +35,18 @@ class Script:
         return hashlib.sha1(self.source).hexdigest()
 
 
-# Shared by the scripts that add an event to the delivery queue.
+# Shared by the scripts that add an event to the delivery queue.  What a
+# script does once however many events it touches: each stream made sure of
+# once, and the pending counter changed once by the sum, in counted().
 _STORE_EVENT = """
+local ensured, pending_change = {}, 0
+
 local function ensure_group(stream, group)
+  if ensured[stream] then return end
   if redis.call('EXISTS', stream) == 0 then
     redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
   end
+  ensured[stream] = true
 end
 
 -- Appends steps (JSON, one per line) to an event's trail and keeps it for
@@ -48,9 +54,11 @@ end
 local function note(prefix, id, steps, keep)
   if tonumber(keep) <= 0 or steps == '' then return end
   local trail = prefix .. 'trail:' .. id
+  local lines = {}
   for line in string.gmatch(steps, '[^\\n]+') do
-    redis.call('RPUSH', trail, line)
+    lines[#lines + 1] = line
   end
+  redis.call('RPUSH', trail, unpack(lines))
   redis.call('PEXPIRE', trail, keep)
 end
 
@@ -120,13 +128,15 @@ local function store_event(prefix, group, id, etype, webhook, body, created, now
   end
   note(prefix, id, steps, keep)
   local stream = prefix .. 'events:' .. webhook
-  ensure_group(stream, group)
+  if not ensured[stream] then
+    redis.call('SADD', prefix .. 'webhooks', webhook)
+    ensure_group(stream, group)
+  end
   local entry = redis.call('XADD', stream, '*', 'id', id)
   redis.call('HSET', ev, 'type', etype, 'webhook', webhook, 'body', body,
     'created_at', created, 'state', 'pending', 'attempt', '0',
     'next_at', now, 'entry', entry)
-  redis.call('SADD', prefix .. 'webhooks', webhook)
-  redis.call('INCR', prefix .. 'pending')
+  pending_change = pending_change + 1
   return 1, conversation
 end
 
@@ -134,6 +144,10 @@ end
 -- element by element in Python, one JSON string at C speed.  Last comes the
 -- number of queued outbound messages.
 local function counted(prefix, status, extra)
+  if pending_change ~= 0 then
+    redis.call('INCRBY', prefix .. 'pending', pending_change)
+    pending_change = 0
+  end
   return {status, cjson.encode(redis.call('HGETALL', prefix .. 'counts')),
     redis.call('GET', prefix .. 'pending') or '0', extra or {},
     redis.call('GET', prefix .. 'outbound') or '0'}
@@ -170,22 +184,38 @@ return counted(prefix, 'done', {cjson.encode(out)})
 
 # Records the deliveries of a batch.  ARGV: prefix, group, trail keep in
 # ms, then per delivery: id, trail step, now, the number of replies to
-# queue and four ARGV per reply (see queue_all).
+# queue and four ARGV per reply (see queue_all).  The stream entries are
+# acknowledged and deleted per stream, a command for them all: one XDEL
+# per entry costs twice as much.
 _DELIVERED = """
 local prefix, group, keep = ARGV[1], ARGV[2], ARGV[3]
+local entries = {}
 local i = 4
 while i <= #ARGV do
   local id, step, now, replies = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local ev = prefix .. 'ev:' .. id
-  if redis.call('HGET', ev, 'state') == 'pending' then
+  local state, webhook, entry, attempt = unpack(redis.call('HMGET', ev, 'state',
+    'webhook', 'entry', 'attempt'))
+  if state == 'pending' then
     note(prefix, id, step, keep)
-    local webhook = forget_entry(prefix, group, ev)
-    redis.call('ZREM', prefix .. 'retry:' .. webhook, id)
+    if entry then
+      local stream = prefix .. 'events:' .. webhook
+      entries[stream] = entries[stream] or {}
+      table.insert(entries[stream], entry)
+    end
+    -- Only an event that failed an attempt can be in the retry set.
+    if attempt ~= '0' then
+      redis.call('ZREM', prefix .. 'retry:' .. webhook, id)
+    end
     redis.call('DEL', ev)
-    redis.call('DECR', prefix .. 'pending')
+    pending_change = pending_change - 1
   end
   queue_all(prefix, now, keep, i + 4, i + 3 + 4 * replies)
   i = i + 4 + 4 * replies
+end
+for stream, ids in pairs(entries) do
+  redis.call('XACK', stream, group, unpack(ids))
+  redis.call('XDEL', stream, unpack(ids))
 end
 return counted(prefix, 'done')
 """
@@ -326,19 +356,22 @@ return out
 """
 
 # Moves the retries of one webhook that are due into its stream, then hands
-# this consumer, in order: its own unacknowledged entries, entries other
-# consumers left idle for claim_idle ms, and new entries; at most limit, none
-# in exclude.  Replies them as one JSON array of [id, type, webhook, body,
-# attempt, created_at, next_at]: a nested reply would be parsed element by
+# this consumer, in order: its own unacknowledged entries (when own is '1'),
+# entries other consumers left idle for claim_idle ms (when claim_idle is not
+# '0'), and new entries; at most limit, none in exclude.  Replies one JSON
+# array: the rows, each [id, type, webhook, body, attempt, created_at,
+# next_at], and whether every own entry not excluded is among them (false
+# when own is '0').  JSON because a nested reply would be parsed element by
 # element in Python, the JSON at C speed.
-# ARGV: prefix, group, consumer, webhook, now, limit, claim_idle, exclude...
+# ARGV: prefix, group, consumer, webhook, now, limit, claim_idle, own,
+# exclude...
 _DUE = """
 local prefix, group, consumer, webhook = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local limit = tonumber(ARGV[6])
 local stream = prefix .. 'events:' .. webhook
 local retry = prefix .. 'retry:' .. webhook
 local exclude = {}
-for i = 8, #ARGV do exclude[ARGV[i]] = true end
+for i = 9, #ARGV do exclude[ARGV[i]] = true end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', retry, '-inf', ARGV[5])) do
   local ev = prefix .. 'ev:' .. id
@@ -348,7 +381,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', retry, '-inf', ARGV[5])) do
   end
   redis.call('ZREM', retry, id)
 end
-if redis.call('EXISTS', stream) == 0 then return '[]' end
+if redis.call('EXISTS', stream) == 0 then return '[[],false]' end
 
 local out, seen = {}, {}
 local function take(entries)
@@ -372,10 +405,16 @@ local function take(entries)
   end
 end
 
-local mine = redis.call('XREADGROUP', 'GROUP', group, consumer,
-  'COUNT', limit + #ARGV - 7, 'STREAMS', stream, '0')
-if mine then take(mine[1][2]) end
-if #out < limit then
+local complete = false
+if ARGV[8] == '1' then
+  local wanted = limit + #ARGV - 8
+  local mine = redis.call('XREADGROUP', 'GROUP', group, consumer,
+    'COUNT', wanted, 'STREAMS', stream, '0')
+  local entries = mine and mine[1][2] or {}
+  take(entries)
+  complete = #entries < wanted and #out < limit
+end
+if #out < limit and ARGV[7] ~= '0' then
   local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[7],
     '0-0', 'COUNT', limit - #out)
   take(claimed[2])
@@ -385,20 +424,23 @@ if #out < limit then
     'COUNT', limit - #out, 'STREAMS', stream, '>')
   if new then take(new[1][2]) end
 end
-if #out == 0 then return '[]' end
-return cjson.encode(out)
+if #out == 0 then return complete and '[[],true]' or '[[],false]' end
+return cjson.encode({out, complete})
 """
 
 # When the next event of one webhook not in exclude can be handed out: a
 # retry's next_at, an entry waiting in the stream, or the moment another
-# consumer's entry becomes claimable.  Replies the time as a string, or nil.
-# ARGV: prefix, group, consumer, webhook, now, claim_idle, exclude...
+# consumer's entry becomes claimable, and this consumer looks for claimable
+# entries again (claim_after).  Replies the time as a string, or nil.
+# ARGV: prefix, group, consumer, webhook, now, claim_idle, claim_after,
+# exclude...
 _NEXT_DUE = """
 local prefix, group, consumer, webhook = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, claim_idle = tonumber(ARGV[5]), tonumber(ARGV[6])
+local claim_after = tonumber(ARGV[7])
 local stream = prefix .. 'events:' .. webhook
 local exclude = {}
-for i = 7, #ARGV do exclude[ARGV[i]] = true end
+for i = 8, #ARGV do exclude[ARGV[i]] = true end
 local best, best_text = nil, nil
 local function offer(text)
   local at = tonumber(text)
@@ -409,7 +451,7 @@ local function next_at(id)
 end
 
 local scheduled = redis.call('ZRANGE', prefix .. 'retry:' .. webhook,
-  0, #ARGV - 6, 'WITHSCORES')
+  0, #ARGV - 7, 'WITHSCORES')
 for i = 1, #scheduled, 2 do
   if not exclude[scheduled[i]] then
     offer(next_at(scheduled[i]) or scheduled[i + 1])
@@ -438,7 +480,7 @@ for _, held in ipairs(redis.call('XPENDING', stream, group, '-', '+', 1000)) do
       if not exclude[id] then offer(next_at(id) or ARGV[5]) end
     else
       local wait = math.max(0, claim_idle - held[3]) / 1000
-      offer(string.format('%.17g', now + wait))
+      offer(string.format('%.17g', math.max(now + wait, claim_after)))
     end
   end
 end

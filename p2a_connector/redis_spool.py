@@ -74,6 +74,10 @@ from p2a_connector.spool import (
     SpoolError,
 )
 
+# The most time between two looks for other instances' idle entries; with a
+# short claim_idle, a quarter of it.
+CLAIM_EVERY = 1.0
+
 
 def connection_options(
     username: str | None, password: str | None, timeout: float
@@ -170,6 +174,16 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
             f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         )
         self._claim_idle = claim_idle
+        # What `due` handed out and no outcome has been recorded for yet, by
+        # webhook, and the webhooks whose own stream entries were read to the
+        # end once: while every handed-out event is in flight (excluded), the
+        # own entries hold nothing else, and `due` does not read them.
+        self._handed: dict[str, str] = {}
+        self._own_read: set[str] = set()
+        # Other instances' idle entries are looked for at most this often:
+        # each look scans the stream's unacknowledged entries.
+        self._claim_every = min(claim_idle / 4, CLAIM_EVERY)
+        self._next_claim = 0.0
         self._wait_replicas = wait_replicas
         self._wait_timeout = wait_timeout
         self._timeout = timeout
@@ -424,9 +438,10 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         now = self._reactor.seconds()
         done = trail.step(now, "delivered", **(note or {}))
         queued = self._queued_args(replies, now)
-        return self._deliveries.add(
+        recorded = self._deliveries.add(
             (event_id, self._steps(done), _number(now), len(replies), *queued)
         )
+        return self._outcome(recorded, event_id)
 
     async def _delivered_batch(self, batch: list[tuple]) -> list[None]:
         return await self._batched(
@@ -445,7 +460,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         failed = trail.attempt_failed(
             self._reactor.seconds(), attempt, error, next_at, note
         )
-        return self._done(
+        recorded = self._done(
             scripts.RETRY,
             event_id,
             attempt,
@@ -453,6 +468,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
             error,
             self._steps(failed),
         )
+        return self._outcome(recorded, event_id)
 
     def _done(self, script: scripts.Script, *args: Any) -> Deferred[None]:
         async def run() -> None:
@@ -497,9 +513,19 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         self, now: float, limit: int, exclude: Collection[str], webhook: str | None
     ) -> list[tuple[float, PendingEvent]]:
         """`due`, each event with the time it became due, longest waiting first."""
+        excluded = set(exclude)
+        claim_idle = 0
+        if now >= self._next_claim:
+            self._next_claim = now + self._claim_every
+            claim_idle = round(self._claim_idle * 1000)
+
         events: list[tuple[float, PendingEvent]] = []
         for name in await self._webhooks(webhook):
-            rows = await self._script(
+            own = name not in self._own_read or any(
+                hook == name and event_id not in excluded
+                for event_id, hook in self._handed.items()
+            )
+            reply = await self._script(
                 scripts.DUE,
                 self._keys,
                 GROUP,
@@ -507,10 +533,13 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
                 name,
                 _number(now),
                 limit - len(events),
-                round(self._claim_idle * 1000),
-                *exclude,
+                claim_idle,
+                "1" if own else "0",
+                *(exclude if own or claim_idle else ()),
             )
-            for row in json.loads(rows):
+            rows, complete = json.loads(reply)
+            handed = set()
+            for row in rows:
                 event_id, event_type, hook, body, attempt, created, next_at = row
                 pending = PendingEvent(
                     id=event_id,
@@ -521,10 +550,30 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
                     created_at=float(created),
                 )
                 events.append((float(next_at), pending))
+                handed.add(event_id)
+            if complete:
+                self._forget_handed(name, excluded | handed)
+            self._handed.update((event_id, name) for event_id in handed)
             if len(events) >= limit:
                 break
         events.sort(key=lambda pair: pair[0])
         return events
+
+    def _forget_handed(self, webhook: str, kept: set[str]) -> None:
+        """The own entries of ``webhook`` were all read: only ``kept`` remain."""
+        self._own_read.add(webhook)
+        for event_id, hook in list(self._handed.items()):
+            if hook == webhook and event_id not in kept:
+                del self._handed[event_id]
+
+    def _outcome(self, recorded: Deferred[None], event_id: str) -> Deferred[None]:
+        """Once an outcome is recorded, the event's entry is no longer own."""
+
+        def done(result: None) -> None:
+            self._handed.pop(event_id, None)
+            return result
+
+        return recorded.addCallback(done)
 
     async def _webhooks(self, webhook: str | None) -> list[str]:
         if webhook is not None:
@@ -554,6 +603,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
                 name,
                 _number(self._reactor.seconds()),
                 round(self._claim_idle * 1000),
+                _number(self._next_claim),
                 *exclude,
             )
             if at is not None:
