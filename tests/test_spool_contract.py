@@ -1289,6 +1289,92 @@ async def test_redis_sends_the_stores_of_one_turn_as_one_script_call(redis_serve
     assert calls == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_due_hands_out_again_an_event_left_out_of_exclude(spool):
+    for n in range(3):
+        await spool.store(event(f"msg_{n}"))
+    now = reactor.seconds()
+    await spool.due(now, 10)
+
+    again = await spool.due(now, 10, ["msg_0", "msg_2"])
+
+    assert [e.id for e in again] == ["msg_1"]
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_redis_due_reads_only_new_entries_while_all_handed_out_are_in_flight(
+    redis_server,
+):
+    spool = RedisSpool(
+        redis_server.url, Assembler(), reactor, prefix=f"t{os.urandom(4).hex()}"
+    )
+    await spool.open()
+    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
+    try:
+        for n in range(3):
+            await spool.store(event(f"msg_{n}"))
+        now = reactor.seconds()
+        held = [e.id for e in await spool.due(now, 10)]
+        await spool.store(event("msg_3"))
+
+        before = await _command_calls(stats)
+        later = await spool.due(now + 0.1, 10, held)
+        after = await _command_calls(stats)
+    finally:
+        await stats.disconnect()
+        await spool.close()
+
+    assert [e.id for e in later] == ["msg_3"]
+    ran = {name: after[name] - before.get(name, 0) for name in after}
+    assert ran.get("xreadgroup") == 1
+    assert "xautoclaim" not in ran or ran["xautoclaim"] == 0
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_redis_acknowledges_the_deliveries_of_one_turn_in_one_command(
+    redis_server,
+):
+    prefix = f"t{os.urandom(4).hex()}"
+    spool = RedisSpool(redis_server.url, Assembler(), reactor, prefix=prefix)
+    await spool.open()
+    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
+    try:
+        for n in range(4):
+            await spool.store(event(f"msg_{n}"))
+        due = await spool.due(reactor.seconds(), 10)
+
+        before = await _command_calls(stats)
+        await gatherResults([spool.delivered(e.id) for e in due])
+        after = await _command_calls(stats)
+        left = await stats.execute_command("XLEN", "{" + prefix + "}:events:app")
+        unacknowledged = await stats.execute_command(
+            "XPENDING", "{" + prefix + "}:events:app", "dispatchers"
+        )
+    finally:
+        await stats.disconnect()
+        await spool.close()
+
+    assert len(due) == 4
+    assert (after["xack"] - before.get("xack", 0)) == 1
+    assert (after["xdel"] - before.get("xdel", 0)) == 1
+    assert (int(left), int(unacknowledged[0])) == (0, 0)
+    assert spool.pending() == 0
+
+
+async def _command_calls(redis) -> dict[str, int]:
+    """How many times Redis ran each command, from INFO commandstats."""
+    info = await redis.execute_command("INFO", "commandstats")
+    text = info.decode() if isinstance(info, bytes) else info
+    calls = {}
+    for line in text.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line[len("cmdstat_") :].partition(":")
+            calls[name] = int(rest.split("calls=")[1].split(",")[0])
+    return calls
+
+
 async def _stored_in_one_turn(redis_server, items: list) -> tuple[list, int]:
     """What a fresh Redis spool's stores of ``items`` in one turn gave, and
     how many scripts (EVALSHA) Redis ran for them."""
@@ -1308,12 +1394,7 @@ async def _stored_in_one_turn(redis_server, items: list) -> tuple[list, int]:
 
 
 async def _evalsha_calls(redis) -> int:
-    info = await redis.execute_command("INFO", "commandstats")
-    text = info.decode() if isinstance(info, bytes) else info
-    for line in text.splitlines():
-        if line.startswith("cmdstat_evalsha:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
+    return (await _command_calls(redis)).get("evalsha", 0)
 
 
 @pytest_twisted.ensureDeferred
