@@ -486,7 +486,7 @@ def start_daemons(
         for n in range(1, dispatchers + 1):
             roles[f"dispatcher-{n}"] = ("--role", "dispatcher")
     daemons = {
-        name: Daemon(reactor, config, work / f"{name}.log", args=args)
+        name: Daemon(reactor, config, work / f"{name}.log", args=args, buffered=True)
         for name, args in roles.items()
     }
     for name, daemon in daemons.items():
