@@ -25,25 +25,36 @@ local function add_segment(prefix, seg, done, seqnum, total, record, webhook,
     token)
   local counts = prefix .. 'counts'
   local field = 's:' .. seqnum
-  if redis.call('EXISTS', done) == 1 or redis.call('HEXISTS', seg, field) == 1 then
+  if redis.call('EXISTS', done) == 1 then
+    return 'ignored', {}
+  end
+  -- A reassembly's hash always holds 'present': without it, this segment
+  -- opens one.
+  local present, size_held, kept = unpack(redis.call('HMGET', seg, 'present',
+    'size', field))
+  if kept then
     return 'ignored', {}
   end
 
-  local opened = redis.call('EXISTS', seg) == 0
-  local present = tonumber(redis.call('HGET', seg, 'present') or '0')
+  local opened = not present
+  present = tonumber(present or '0')
   if present + 1 >= tonumber(total) then
     local records = {{tonumber(seqnum), record}}
-    local fields = redis.call('HGETALL', seg)
-    for i = 1, #fields, 2 do
-      if string.sub(fields[i], 1, 2) == 's:' then
-        records[#records + 1] = {tonumber(string.sub(fields[i], 3)), fields[i + 1]}
+    local kept_token, kept_webhook = '', webhook
+    if not opened then
+      local fields = redis.call('HGETALL', seg)
+      for i = 1, #fields, 2 do
+        local name = fields[i]
+        if string.sub(name, 1, 2) == 's:' then
+          records[#records + 1] = {tonumber(string.sub(name, 3)), fields[i + 1]}
+        elseif name == 'token' then
+          kept_token = fields[i + 1]
+        elseif name == 'webhook' then
+          kept_webhook = fields[i + 1]
+        end
       end
     end
     table.sort(records, function(a, b) return a[1] < b[1] end)
-    local kept_token, kept_webhook = '', webhook
-    if not opened then
-      kept_token, kept_webhook = unpack(redis.call('HMGET', seg, 'token', 'webhook'))
-    end
     local extra = {kept_token, kept_webhook}
     for _, r in ipairs(records) do extra[#extra + 1] = r[2] end
     return 'complete', extra
@@ -51,31 +62,33 @@ local function add_segment(prefix, seg, done, seqnum, total, record, webhook,
 
   local size = string.len(record)
   local operator_field = 'op:' .. operator
+  local of_operator, count, held = unpack(redis.call('HMGET', counts,
+    operator_field, 'count', 'bytes'))
+  of_operator, count, held = tonumber(of_operator or '0'), tonumber(count or '0'),
+    tonumber(held or '0')
   if opened then
-    local of_operator = tonumber(redis.call('HGET', counts, operator_field) or '0')
     if tonumber(max_per_operator) >= 0 and of_operator + 1 > tonumber(max_per_operator) then
       return 'limit', {'max_reassemblies_per_operator'}
     end
-    local count = tonumber(redis.call('HGET', counts, 'count') or '0')
     if tonumber(max_reassemblies) >= 0 and count + 1 > tonumber(max_reassemblies) then
       return 'limit', {'max_reassemblies'}
     end
   end
-  local held = tonumber(redis.call('HGET', counts, 'bytes') or '0')
   if tonumber(max_bytes) >= 0 and held + size > tonumber(max_bytes) then
     return 'limit', {'max_reassembly_bytes'}
   end
 
   if opened then
     redis.call('HSET', seg, 'token', token, 'webhook', webhook,
-      'operator', operator, 'key', key, 'present', '0', 'size', '0')
-    redis.call('HINCRBY', counts, 'count', 1)
-    redis.call('HINCRBY', counts, operator_field, 1)
+      'operator', operator, 'key', key, 'present', '1', 'size', size,
+      field, record)
+    redis.call('HSET', counts, 'count', count + 1, operator_field, of_operator + 1,
+      'bytes', held + size)
+  else
+    redis.call('HSET', seg, field, record, 'present', present + 1,
+      'size', tonumber(size_held or '0') + size)
+    redis.call('HSET', counts, 'bytes', held + size)
   end
-  redis.call('HSET', seg, field, record)
-  redis.call('HINCRBY', seg, 'present', 1)
-  redis.call('HINCRBY', seg, 'size', size)
-  redis.call('HINCRBY', counts, 'bytes', size)
   redis.call('ZADD', prefix .. 'open', 'LT', received_at, seg)
   return 'held', {}
 end
@@ -112,13 +125,14 @@ local function finish(prefix, group, seg, done, token, ttl, mode, first)
   if mode == 'complete' and redis.call('EXISTS', done) == 1 then
     return 'ignored', ''
   end
-  local kept = redis.call('HGET', seg, 'token') or ''
+  local kept, operator, size = unpack(redis.call('HMGET', seg, 'token', 'operator',
+    'size'))
+  kept = kept or ''
   if kept ~= token then
     return 'stale', ''
   end
 
   if kept ~= '' then
-    local operator, size = unpack(redis.call('HMGET', seg, 'operator', 'size'))
     redis.call('DEL', seg)
     redis.call('ZREM', prefix .. 'open', seg)
     redis.call('HINCRBY', counts, 'count', -1)
