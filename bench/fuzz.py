@@ -160,22 +160,42 @@ def _record(header: pdu.Header, body: bytes) -> tuple[str | None, dict]:
         received_at=1_700_000_000.0 + header.sequence_number % 1000,
     )
     key = None
+    # The spool keeps records as JSON and builds events from what it reads.
+    kept = json.loads(json.dumps(record))
     if inspected.concat is not None:
         key = decode.reassembly_key("op1", mo, inspected.concat)
-    # The spool keeps records as JSON and builds events from what it reads.
-    return key, json.loads(json.dumps(record))
+    else:
+        _single_as_read_back(kept, inspected)
+    return key, kept
+
+
+def _single_as_read_back(record: dict, inspected: decode.Inspected) -> None:
+    """A message on its own, built from the PDU at once (as the intake
+    does), is the event its record read back makes."""
+    for complete in (True, False):
+        options = _options(record)
+        direct = decode.build_single_event(
+            record, inspected, complete=complete, **options
+        )
+        read_back = decode.build_event([record], complete=complete, **options)
+        if direct != read_back:
+            raise AssertionError(f"built at once {direct} != read back {read_back}")
+
+
+def _options(record: dict) -> dict:
+    # The operator's alphabet for data_coding 0 varies with the input.
+    alphabet = ALPHABETS[len(record["user_data"]) % len(ALPHABETS)]
+    return {
+        "event_id": "msg_fuzz",
+        "options": decode.DecodeOptions(alphabet=alphabet),
+        "completed_at": 1_700_000_100.0,
+    }
 
 
 def _build(records: list[dict]) -> None:
-    # The operator's alphabet for data_coding 0 varies with the input.
-    alphabet = ALPHABETS[len(records[0]["user_data"]) % len(ALPHABETS)]
     for complete in (True, False):
         event_type, envelope = decode.build_event(
-            records,
-            event_id="msg_fuzz",
-            options=decode.DecodeOptions(alphabet=alphabet),
-            complete=complete,
-            completed_at=1_700_000_100.0,
+            records, complete=complete, **_options(records[0])
         )
         json.dumps(envelope, ensure_ascii=False, allow_nan=False)
         if event_type == "message.received":

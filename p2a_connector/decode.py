@@ -43,6 +43,7 @@ __all__ = [
     "DecodeOptions",
     "Inspected",
     "build_event",
+    "build_single_event",
     "encoding_for",
     "inspect",
     "is_receipt",
@@ -96,6 +97,7 @@ class Inspected:
     concat: Concat | None
     udh: bytes
     user_data: bytes
+    header: udh.Header | None = None
 
 
 def inspect(mo: MOPdu) -> Inspected:
@@ -124,7 +126,7 @@ def inspect(mo: MOPdu) -> Inspected:
     tags = {item.tag for item in mo.tlvs}
     if is_receipt(mo.esm_class, tags):
         # A receipt reports on one message and is delivered on its own.
-        return Inspected("receipt", None, udh_bytes, user_data)
+        return Inspected("receipt", None, udh_bytes, user_data, header)
 
     concat = None
     if header is not None and header.concat is not None:
@@ -134,7 +136,7 @@ def inspect(mo: MOPdu) -> Inspected:
         sar = tlv.sar(first_values([(item.tag, item.value) for item in mo.tlvs]))
         if sar is not None:
             concat = Concat(*sar, "sar")
-    return Inspected("message", concat, udh_bytes, user_data)
+    return Inspected("message", concat, udh_bytes, user_data, header)
 
 
 def is_receipt(esm_class: int, tags: set[int]) -> bool:
@@ -223,9 +225,6 @@ def build_event(
     :returns: the event type and its envelope.
     :raises DecodeError: when a record is not one `segment_record` writes.
     """
-    if options is None:
-        options = DecodeOptions()
-
     try:
         parts = segments.distinct(segments.read(records))
     except segments.MalformedRecord as e:
@@ -234,6 +233,44 @@ def build_event(
             f"a spooled segment record cannot be read: {e}; the spool holds "
             "data that this version's segment_record did not write",
         ) from None
+    return _event(parts, event_id, options, complete, completed_at)
+
+
+def build_single_event(
+    record: dict,
+    inspected: Inspected,
+    *,
+    event_id: str,
+    options: DecodeOptions | None = None,
+    complete: bool,
+    completed_at: float,
+) -> tuple[str, dict]:
+    """
+    `build_event` for a PDU that is a message on its own, from the record
+    `segment_record` just made of it and what `inspect` found, without
+    reading the record's hex and base64 back.
+    """
+    concat = inspected.concat
+    part = segments.Part(
+        record,
+        inspected.udh,
+        inspected.header if inspected.udh else None,
+        inspected.user_data,
+        [(tag, bytes.fromhex(value)) for tag, value in record["tlvs"]],
+        concat.seqnum if concat is not None else 0,
+    )
+    return _event([part], event_id, options, complete, completed_at)
+
+
+def _event(
+    parts: list[segments.Part],
+    event_id: str,
+    options: DecodeOptions | None,
+    complete: bool,
+    completed_at: float,
+) -> tuple[str, dict]:
+    if options is None:
+        options = DecodeOptions()
     first = parts[0]
     received_at = iso_time(min(part.record["received_at"] for part in parts))
 

@@ -57,9 +57,13 @@ def crockford(sixteen: bytes) -> str:
     return "".join([_PAIRS[(value >> shift) & 0x3FF] for shift in _SHIFTS])
 
 
+# Made once: json.dumps with options builds an encoder on every call.
+_BODY = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode_body(envelope: dict) -> bytes:
     """The compact UTF-8 JSON the webhook receives, fixed once per event."""
-    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+    return _BODY.encode(envelope).encode()
 
 
 class Intake:
@@ -296,8 +300,9 @@ class Intake:
                 bind=bind.name,
                 sequence_number=mo.sequence_number,
             )
-        event_type, envelope = decode.build_event(
-            [record],
+        event_type, envelope = decode.build_single_event(
+            record,
+            inspected,
             event_id=event_id,
             options=self._decode_options(bind.name),
             complete=concat is None,

@@ -36,6 +36,8 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from p2a_connector.redis_commands import connect
+
 SLOTS = 16384
 
 # A command redirected more often than this is failed: the cluster is
@@ -187,14 +189,12 @@ class Cluster:
         connection = self._connections.get(address)
         if connection is None:
             host, port = address
-            factory = txredisapi.RedisFactory(
-                f"{host}:{port}", None, 1, isLazy=True, **self._options
+            endpoint = HostnameEndpoint(
+                self._reactor, host, port, timeout=self._timeout
             )
-            factory.maxDelay = 2.0
-            factory.startConnecting(
-                HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+            connection = self._connections[address] = connect(
+                endpoint, f"{host}:{port}", None, **self._options
             )
-            connection = self._connections[address] = factory.handler
         return connection
 
     async def run(self, slot: int, args: tuple) -> Any:

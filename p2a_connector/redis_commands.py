@@ -28,6 +28,40 @@ from p2a_connector.spool import Event, Reassemblies, SpoolError
 GROUP = "dispatchers"
 
 
+class _Protocol(txredisapi.RedisProtocol):
+    """
+    txredisapi's protocol, with commands encoded at a third of the cost:
+    each store sends fifteen arguments per event, and the library's
+    encoder took about a microsecond for each.  The bytes are the same.
+    """
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        out = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            if isinstance(arg, str):
+                arg = arg.encode()
+            elif isinstance(arg, float):
+                arg = format(arg, "f").encode()
+            elif not isinstance(arg, bytes | bytearray):
+                arg = str(arg).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        return b"".join(out)
+
+
+def connect(endpoint: Any, name: str, db: int | None, **options: Any) -> Any:
+    """
+    One lazily connected, pipelined Redis connection through ``endpoint``,
+    reconnecting on its own; what every command of the spool goes through.
+    """
+    factory = txredisapi.RedisFactory(name, db, 1, isLazy=True, **options)
+    factory.protocol = _Protocol
+    # Redis coming back is noticed within a couple of seconds, not the
+    # ten the library would wait at most between attempts.
+    factory.maxDelay = 2.0
+    factory.startConnecting(endpoint)
+    return factory.handler
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

@@ -60,6 +60,7 @@ from p2a_connector.redis_commands import (
     _filled,
     _number,
     _text,
+    connect,
 )
 from p2a_connector.redis_dead_letters import DeadLetters
 from p2a_connector.redis_reassembly import Reassembly
@@ -268,14 +269,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         # (a receipt looked up after outbound_progress finds its part), and
         # WAIT, which counts only the writes of its own connection, covers
         # them all.  A pool would spread them over connections and lose both.
-        factory = txredisapi.RedisFactory(
-            f"{host}:{port}", db, 1, isLazy=True, **options
-        )
-        # Redis coming back is noticed within a couple of seconds, not the
-        # ten the library would wait at most between attempts.
-        factory.maxDelay = 2.0
-        factory.startConnecting(endpoint)
-        self._redis = factory.handler
+        self._redis = connect(endpoint, f"{host}:{port}", db, **options)
 
     def close(self) -> Deferred[None]:
         """Stop refreshing and close the connections."""

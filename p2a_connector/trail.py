@@ -98,9 +98,13 @@ def outbound_retry(
     )
 
 
+# Made once: json.dumps with options builds an encoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(steps: Iterable[Mapping[str, Any]]) -> list[str]:
     """Steps as compact JSON, one string each (never containing a newline)."""
-    return [json.dumps(dict(s), separators=(",", ":")) for s in steps]
+    return [_COMPACT.encode(s if isinstance(s, dict) else dict(s)) for s in steps]
 
 
 def decode_steps(lines: Iterable[str | bytes]) -> list[dict]:

@@ -2,12 +2,14 @@
 `ScriptBatch`: the calls made in one reactor turn go to Redis as one script
 call, and calls made while Redis still holds earlier batches wait to go
 together; each caller hears its own result, or every caller the failure.
+And the spool's protocol writes commands as txredisapi's does.
 """
 
+import txredisapi
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from p2a_connector.redis_commands import ScriptBatch
+from p2a_connector.redis_commands import ScriptBatch, _Protocol
 
 
 class Script:
@@ -117,3 +119,11 @@ def test_nothing_added_sends_nothing():
     ScriptBatch(script.send, clock)
     clock.advance(0)
     assert script.batches == []
+
+
+def test_commands_are_encoded_as_txredisapi_encodes_them():
+    args = ("EVALSHA", "ab" * 20, 1, "{p2a}:counts", "ünï", b"\x00\r\n", 2.5, -7)
+    ours = _Protocol(charset=None)._build_command(*args)
+
+    assert ours == txredisapi.RedisProtocol(charset=None)._build_command(*args)
+    assert ours.startswith(b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n")
