@@ -147,6 +147,15 @@ class ShardedSpool:
         self._events = _Known()
         self._outbound = _Known()
         self._next_first = 0
+        # Due events the shards handed out past a look's limit, kept for the
+        # next look: (due time, shard index, event, kept at).  Passed to the
+        # shards as excluded, so that they do not read them back from the
+        # stream.  One kept for half of claim_idle is let go: another
+        # instance may claim it soon, and the shard's own reading finds it
+        # while it is still this instance's.
+        self._kept: list[tuple[float, int, PendingEvent, float]] = []
+        self._keep_for = options.get("claim_idle", 60.0) / 2
+        self._taking: set[str] = set()
 
     @property
     def where(self) -> str:
@@ -232,23 +241,54 @@ class ShardedSpool:
         webhook: str | None = None,
     ) -> Deferred[list[PendingEvent]]:
         async def run() -> list[PendingEvent]:
+            # The kept events this look may hand out leave the list now, so
+            # that a look for another webhook running meanwhile keeps them
+            # out of its own reading too.
+            excluded = set(exclude)
+            taken, others = [], []
+            for entry in self._kept:
+                event, kept_at = entry[2], entry[3]
+                if now - kept_at > self._keep_for:
+                    continue
+                mine = webhook is None or event.webhook == webhook
+                (taken if mine and event.id not in excluded else others).append(entry)
+            self._kept = others
+            taking = {entry[2].id for entry in taken}
+            self._taking |= taking
+
             # Each shard may hold all the longest waiting, so each is asked
-            # for the limit.  The ones past it stay this instance's unacknow-
-            # ledged stream entries, which its next look is handed first.
-            found = await self._each(
-                lambda shard: ensureDeferred(
-                    shard.due_since(now, limit, exclude, webhook)
-                )
-            )
-            events = [
-                (at, index, event)
+            # for what the kept ones leave of the limit; those past it are
+            # kept, at most the limit times the shards less one.
+            wanted = max(limit - len(taken), 0)
+            try:
+                found = []
+                if wanted:
+                    held = (
+                        *exclude,
+                        *(entry[2].id for entry in self._kept),
+                        *self._taking,
+                    )
+                    found = await self._each(
+                        lambda shard: ensureDeferred(
+                            shard.due_since(now, wanted, held, webhook)
+                        )
+                    )
+            except BaseException:
+                self._kept.extend(taken)
+                raise
+            finally:
+                self._taking -= taking
+
+            events = taken + [
+                (at, index, event, now)
                 for index, got in enumerate(found)
                 for at, event in got
             ]
             events.sort(key=lambda entry: entry[:2])
-            for _, index, event in events[:limit]:
+            self._kept.extend(events[limit:])
+            for _, index, event, _ in events[:limit]:
                 self._events.learn(event.id, self.shards[index])
-            return [event for _, _, event in events[:limit]]
+            return [entry[2] for entry in events[:limit]]
 
         return ensureDeferred(run())
 

@@ -131,6 +131,44 @@ async def test_an_event_is_found_by_id_in_whichever_shard_keeps_it(
     assert [step["step"] for step in await spool.trail("msg_7")][-1] == "dead_lettered"
 
 
+@pytest_twisted.ensureDeferred
+async def test_due_hands_out_each_event_once_a_limit_at_a_time(redis_cluster, spools):
+    spool = await spools(redis_cluster, shards=4)
+    stored = [f"msg_{n}" for n in range(12)]
+    for event_id in stored:
+        await spool.store(event(event_id))
+    now = reactor.seconds()
+
+    handed, looks = [], []
+    while got := await spool.due(now, 3, handed):
+        looks.append(len(got))
+        handed += [e.id for e in got]
+
+    assert looks == [3, 3, 3, 3]
+    assert sorted(handed) == sorted(stored)
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_kept_past_a_limit_are_let_go_before_another_may_claim_them(
+    redis_cluster, spools
+):
+    first = await spools(redis_cluster, shards=4, claim_idle=0.4)
+    second = await spools(redis_cluster, shards=4, claim_idle=0.4, prefix=first.prefix)
+    stored = [f"msg_{n}" for n in range(8)]
+    for event_id in stored:
+        await first.store(event(event_id))
+    # Two handed out, the other six kept by the first instance for its next
+    # look; then it stalls for longer than claim_idle.
+    taken = [e.id for e in await first.due(reactor.seconds(), 2)]
+    await _sleep(0.5)
+
+    claimed = [e.id for e in await second.due(reactor.seconds(), 10)]
+    later = await first.due(reactor.seconds(), 10, taken)
+
+    assert sorted(claimed) == sorted(stored)
+    assert later == []
+
+
 class Migration:
     """
     A slot on its way from its master to another, as a reshard moves it:
