@@ -150,7 +150,12 @@ class _Connection(Protocol):
             exchange.feed(data)
         except httptools.HttpParserError as e:
             self.abort()
-            exchange.lost(NotHTTP(f"the answer is not HTTP/1.1: {e}"))
+            if exchange.complete:
+                # Whatever came after a whole answer makes the connection
+                # unfit for the next post, not the answer wrong.
+                exchange.finish()
+            else:
+                exchange.lost(NotHTTP(f"the answer is not HTTP/1.1: {e}"))
             return
         if exchange.complete:
             self._exchange = None

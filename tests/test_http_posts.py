@@ -285,6 +285,19 @@ async def test_an_answer_that_is_not_http_fails(scripted, posts):
 
 
 @pytest_twisted.ensureDeferred
+async def test_bytes_after_a_whole_answer_close_the_connection_not_the_post(
+    scripted, posts
+):
+    scripted.answers = [OK + b"\x00garbage\r\n\r\n"]
+
+    answer = await post(posts, scripted.target)
+    await post(posts, scripted.target)
+
+    assert (answer.code, answer.body) == (200, b"{}")
+    assert len(scripted.connections) == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_new_connection_closed_before_the_answer_fails(scripted, posts):
     scripted.answers = [lambda connection: connection.transport.loseConnection()]
 
