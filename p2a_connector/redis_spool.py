@@ -181,10 +181,11 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         # own entries hold nothing else, and `due` does not read them.
         self._handed: dict[str, str] = {}
         self._own_read: set[str] = set()
-        # Other instances' idle entries are looked for at most this often:
-        # each look scans the stream's unacknowledged entries.
+        # Other instances' idle entries are looked for at most this often
+        # in each webhook's stream: each look scans its unacknowledged
+        # entries.  When each stream may be looked at next, by webhook.
         self._claim_every = min(claim_idle / 4, CLAIM_EVERY)
-        self._next_claim = 0.0
+        self._next_claim: dict[str, float] = {}
         self._wait_replicas = wait_replicas
         self._wait_timeout = wait_timeout
         self._timeout = timeout
@@ -508,13 +509,12 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
     ) -> list[tuple[float, PendingEvent]]:
         """`due`, each event with the time it became due, longest waiting first."""
         excluded = set(exclude)
-        claim_idle = 0
-        if now >= self._next_claim:
-            self._next_claim = now + self._claim_every
-            claim_idle = round(self._claim_idle * 1000)
-
         events: list[tuple[float, PendingEvent]] = []
         for name in await self._webhooks(webhook):
+            claim_idle = 0
+            if now >= self._next_claim.get(name, 0.0):
+                self._next_claim[name] = now + self._claim_every
+                claim_idle = round(self._claim_idle * 1000)
             own = name not in self._own_read or any(
                 hook == name and event_id not in excluded
                 for event_id, hook in self._handed.items()
@@ -597,7 +597,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
                 name,
                 _number(self._reactor.seconds()),
                 round(self._claim_idle * 1000),
-                _number(self._next_claim),
+                _number(self._next_claim.get(name, 0.0)),
                 *exclude,
             )
             if at is not None:

@@ -695,6 +695,26 @@ async def test_an_event_a_dead_instance_took_goes_to_another_after_claim_idle(
     assert await first.due(reactor.seconds(), 10) == []
 
 
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_a_dead_instances_events_of_every_webhook_are_claimed_at_once(
+    instances,
+):
+    first, second = instances
+    await first.store(event("msg_a", webhook="a"))
+    await first.store(event("msg_b", webhook="b"))
+    await first.due(reactor.seconds(), 10, webhook="a")
+    await first.due(reactor.seconds(), 10, webhook="b")
+    await _tick(0.3)
+
+    # One webhook's look for idle entries does not use up the other's.
+    now = reactor.seconds()
+    claimed_a = await second.due(now, 10, webhook="a")
+    claimed_b = await second.due(now, 10, webhook="b")
+
+    assert [e.id for e in claimed_a + claimed_b] == ["msg_a", "msg_b"]
+
+
 @pytest.fixture
 def own_redis(tmp_path):
     if not available():
