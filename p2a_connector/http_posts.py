@@ -62,6 +62,17 @@ class Target:
     host: bytes
     port: int
     path: bytes
+    # What the Host header says: made once, not on every post.
+    host_header: bytes = attrs.field(init=False)
+
+    @host_header.default
+    def _host_header(self) -> bytes:
+        host = self.host
+        if isIPv6Address(host.decode("ascii")):
+            host = b"[" + host + b"]"
+        if (self.scheme, self.port) in ((b"http", 80), (b"https", 443)):
+            return host
+        return b"%b:%d" % (host, self.port)
 
     @classmethod
     def of(cls, url: str) -> Target:
@@ -76,15 +87,6 @@ class Target:
         rest = given.replace(host="h").to_uri().to_text().encode("ascii")
         parsed = URI.fromBytes(rest)
         return cls(parsed.scheme, host.encode("ascii"), parsed.port, parsed.originForm)
-
-    @property
-    def host_header(self) -> bytes:
-        host = self.host
-        if isIPv6Address(host.decode("ascii")):
-            host = b"[" + host + b"]"
-        if (self.scheme, self.port) in ((b"http", 80), (b"https", 443)):
-            return host
-        return b"%b:%d" % (host, self.port)
 
 
 @attrs.frozen
