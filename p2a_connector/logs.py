@@ -25,11 +25,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from constantly import NamedConstant
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogLevel,
-    LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     formatEventAsClassicLogText,
 )
@@ -67,9 +69,28 @@ def configured(log: LogConfig) -> ILogObserver:
         observer = json_observer(out)
     else:
         observer = LineObserver(out, text_line)
-    return FilteringLogObserver(
-        observer, [LogLevelFilterPredicate(defaultLogLevel=LEVELS[log.level])]
-    )
+    return FilteringLogObserver(observer, [AtLeast(LEVELS[log.level])])
+
+
+@implementer(ILogFilterPredicate)
+class AtLeast:
+    """
+    Passes events of ``level`` and above, as Twisted's
+    LogLevelFilterPredicate does for a default level with no namespace of
+    its own, with each level's verdict worked out once: comparing two
+    LogLevel constants sorts all of them, twice per event.
+    """
+
+    def __init__(self, level: NamedConstant):
+        self._verdicts = {
+            each: PredicateResult.no if each < level else PredicateResult.maybe
+            for each in LogLevel.iterconstants()
+        }
+
+    def __call__(self, event: dict[str, Any]) -> NamedConstant:
+        if not event.get("log_namespace"):
+            return PredicateResult.no
+        return self._verdicts.get(event.get("log_level"), PredicateResult.no)
 
 
 def text_line(event: dict[str, Any]) -> str | None:

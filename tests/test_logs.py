@@ -14,7 +14,12 @@ from test_config import MINIMAL
 from test_end_to_end import bound, deliver, events, until
 from twisted.internet import reactor, utils
 from twisted.internet.task import deferLater
-from twisted.logger import Logger, LogLevel, formatEventAsClassicLogText
+from twisted.logger import (
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEventAsClassicLogText,
+)
 from twisted.python.failure import Failure
 
 from p2a_connector import config, logs, traffic
@@ -329,3 +334,15 @@ def test_a_text_line_with_a_failure_carries_its_traceback():
     }
 
     assert "ZeroDivisionError" in logs.text_line(event)
+
+
+@pytest.mark.parametrize("threshold", list(LogLevel.iterconstants()), ids=str)
+def test_the_level_filter_decides_as_twisteds_does(threshold):
+    events = [
+        {"log_level": level, "log_namespace": namespace}
+        for level in (*LogLevel.iterconstants(), None)
+        for namespace in ("p2a_connector.intake.Intake", "", None)
+    ]
+    twisted = LogLevelFilterPredicate(defaultLogLevel=threshold)
+
+    assert [logs.AtLeast(threshold)(e) for e in events] == [twisted(e) for e in events]
