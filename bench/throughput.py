@@ -58,6 +58,7 @@ import hmac
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -513,11 +514,19 @@ async def run(reactor, args: argparse.Namespace) -> int:
     if args.spool != "sqlite":
         shards = args.shards if args.spool == "cluster" else 0
         redis = PrivateRedis(work, args.appendfsync, shards)
+    status = 1
     try:
-        return await _run(reactor, args, deadline, work, messages, texts, redis)
+        status = await _run(reactor, args, deadline, work, messages, texts, redis)
+        return status
     finally:
         if redis is not None:
             redis.stop()
+        # A run that passed leaves nothing behind (its Redis files and spool
+        # take tens of MB); one that did not keeps its logs to look at.
+        if status == 0:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            sys.stderr.write(f"the daemons' logs and files are kept in {work}\n")
 
 
 async def _run(reactor, args, deadline, work, messages, texts, redis) -> int:
@@ -651,7 +660,7 @@ async def _wait_started(daemons: dict[str, Daemon], reactor, timeout: float = 20
         if all("spool open" in d.text() for d in daemons.values()):
             return
         await task.deferLater(reactor, 0.05, lambda: None)
-    raise RuntimeError("a dispatcher did not start; see its log in the work dir")
+    raise RuntimeError("a dispatcher did not start; see its log (path below)")
 
 
 async def _wait_bound(simulator, daemon, reactor, timeout: float = 20.0):
