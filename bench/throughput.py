@@ -235,8 +235,10 @@ def serve_receiver(args: argparse.Namespace) -> None:
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
 
     def dump(*_: Any) -> None:
-        Path(args.out).write_text(json.dumps(collector.results()))
-        reactor.callFromThread(reactor.stop)
+        try:
+            Path(args.out).write_text(json.dumps(collector.results()))
+        finally:
+            reactor.callFromThread(reactor.stop)
 
     signal.signal(signal.SIGTERM, dump)
     sys.stdout.write(f"port {port.getHost().port}\n")
@@ -529,6 +531,10 @@ async def run(reactor, args: argparse.Namespace) -> int:
             sys.stderr.write(f"the daemons' logs and files are kept in {work}\n")
 
 
+# How long the benchmark waits for a process it stops before it kills it.
+STOP_WAIT = 30.0
+
+
 async def _run(reactor, args, deadline, work, messages, texts, redis) -> int:
     # The receiver.
     receiver_process = None
@@ -632,13 +638,17 @@ async def _run(reactor, args, deadline, work, messages, texts, redis) -> int:
         cpu_after = _cpu(daemons, redis, receiver_pid)
     finally:
         for daemon in daemons.values():
-            if daemon.running:
-                await daemon.stop()
-        await simulator.stop()
+            if daemon.running and not await _wait(daemon.stop(), STOP_WAIT, reactor):
+                sys.stderr.write(f"a daemon did not stop within {STOP_WAIT} s\n")
+                await daemon.kill()
+        await _wait(simulator.stop(), STOP_WAIT, reactor)
 
     if receiver_process is not None:
         child.signalProcess("TERM")
-        await receiver_process.ended
+        if not await _wait(receiver_process.ended, STOP_WAIT, reactor):
+            child.signalProcess("KILL")
+            await receiver_process.ended
+            raise RuntimeError(f"the receiver did not stop within {STOP_WAIT} s")
         received = json.loads(results_file.read_text())
     else:
         await listening.stopListening()
