@@ -455,7 +455,7 @@ async def test_https_to_a_trusted_certificate(tls_receiver, monkeypatch):
 
 
 @pytest_twisted.ensureDeferred
-async def test_https_refuses_a_certificate_it_does_not_trust(tls_receiver, tmp_path):
+async def test_https_refuses_a_certificate_it_does_not_trust(tls_receiver):
     url, _ = tls_receiver
     posts = Posts(reactor)
 
