@@ -28,6 +28,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+class _PortTaken(RuntimeError):
+    """redis-server could not bind one of its ports."""
+
+
 class RedisServer:
     """
     One redis-server process; `start` and `stop` may alternate.
@@ -41,19 +45,43 @@ class RedisServer:
         directory: Path,
         replica_of: int | None = None,
         options: tuple[str, ...] = (),
+        cluster: bool = False,
     ):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
+        # A cluster node's bus port: not the default of the port + 10000,
+        # which may be taken or past 65535.
+        self.cluster_port = _free_port() if cluster else None
         self.replica_of = replica_of
         self.options = options
         self.process: subprocess.Popen | None = None
+        self.started = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
+        """
+        Start it.  A port found free can be taken by another socket before
+        redis-server binds it; until the server first ran, nobody knows its
+        ports, so it is started again on others.
+        """
+        for attempt in range(1 if self.started else 3):
+            try:
+                self._start(timeout)
+                self.started = True
+                return
+            except _PortTaken:
+                if attempt == 2:
+                    raise
+                self.port = _free_port()
+                if self.cluster_port is not None:
+                    self.cluster_port = _free_port()
+                    (self.directory / "nodes.conf").unlink(missing_ok=True)
+
+    def _start(self, timeout: float) -> None:
         if self.process is not None:
             return
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - child keeps it
@@ -79,6 +107,7 @@ class RedisServer:
                     if self.replica_of is not None
                     else []
                 ),
+                *self._cluster_options(),
                 *self.options,
             ],
             stdout=log,
@@ -89,11 +118,31 @@ class RedisServer:
         while not _answers(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(
+                failed = _PortTaken if self._port_was_taken() else RuntimeError
+                raise failed(
                     f"redis-server on port {self.port} did not start; see "
                     f"{self.directory / 'redis.log'}"
                 )
             time.sleep(0.02)
+
+    def _cluster_options(self) -> tuple[str, ...]:
+        if self.cluster_port is None:
+            return ()
+        return (
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(self.directory / "nodes.conf"),
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-port",
+            str(self.cluster_port),
+        )
+
+    def _port_was_taken(self) -> bool:
+        log = (self.directory / "redis.log").read_text(errors="replace")
+        last_start = log.rpartition("Redis is starting")[2]
+        return "Address already in use" in last_start
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -125,21 +174,7 @@ class Cluster:
     def __init__(self, directory: Path, masters: int = 3, replicas: int = 0):
         self.directory = Path(directory)
         self.nodes = [
-            RedisServer(
-                self.directory / f"node{index}",
-                options=(
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    str(self.directory / f"node{index}" / "nodes.conf"),
-                    "--cluster-node-timeout",
-                    "1000",
-                    # Not the default of the port + 10000, which may be taken
-                    # or past 65535.
-                    "--cluster-port",
-                    str(_free_port()),
-                ),
-            )
+            RedisServer(self.directory / f"node{index}", cluster=True)
             for index in range(masters * (1 + replicas))
         ]
         self.replicas = replicas
