@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
-from p2a_connector import decode, pdu, traffic
+from p2a_connector import decode, intake, pdu, traffic
 from p2a_connector.models import Address
 
 MAX_PDU_SIZE = 65536
@@ -180,6 +180,7 @@ def _single_as_read_back(record: dict, inspected: decode.Inspected) -> None:
         read_back = decode.build_event([record], complete=complete, **options)
         if direct != read_back:
             raise AssertionError(f"built at once {direct} != read back {read_back}")
+        _encoded(direct[1])
 
 
 def _options(record: dict) -> dict:
@@ -197,11 +198,21 @@ def _build(records: list[dict]) -> None:
         event_type, envelope = decode.build_event(
             records, complete=complete, **_options(records[0])
         )
-        json.dumps(envelope, ensure_ascii=False, allow_nan=False)
+        _encoded(envelope)
         if event_type == "message.received":
             text = envelope["data"]["text"]
             if text is not None and not isinstance(text, str):
                 raise AssertionError(f"text is {type(text).__name__}, not str")
+
+
+def _encoded(envelope: dict) -> None:
+    """The webhook body the intake encodes is the one json.dumps makes."""
+    body = intake.encode_body(envelope)
+    expected = json.dumps(
+        envelope, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    ).encode()
+    if body != expected:
+        raise AssertionError(f"encoded {body!r} != json.dumps {expected!r}")
 
 
 # --- valid PDUs an SMSC sends ---------------------------------------------

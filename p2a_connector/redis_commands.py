@@ -11,11 +11,11 @@ turn the scripts' replies into Python values.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
+import orjson
 import txredisapi
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.internet.defer import TimeoutError as DeferredTimeout
@@ -72,7 +72,7 @@ def _number(value: float) -> str:
 
 def _reassemblies(counts: bytes) -> Reassemblies:
     # An empty hash arrives as cjson's empty table, ``{}``.
-    flat = json.loads(counts) or []
+    flat = orjson.loads(counts) or []
     fields = dict(zip(flat[::2], flat[1::2]))
     by_operator = {}
     for name, value in fields.items():
@@ -230,7 +230,7 @@ class RedisCommands:
             *shared,
             *(arg for call in batch for arg in call[keys:]),
         )
-        return json.loads(extra[0]) if extra else [None] * len(batch)
+        return orjson.loads(extra[0]) if extra else [None] * len(batch)
 
     async def _script_keys(self, script: scripts.Script, keys: Sequence[str], *args):
         """

@@ -35,6 +35,7 @@ import socket
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import orjson
 import txredisapi
 from twisted.internet import task
 from twisted.internet.defer import (
@@ -531,7 +532,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
                 "1" if own else "0",
                 *(exclude if own or claim_idle else ()),
             )
-            rows, complete = json.loads(reply)
+            rows, complete = orjson.loads(reply)
             handed = set()
             for row in rows:
                 event_id, event_type, hook, body, attempt, created, next_at = row

@@ -26,9 +26,10 @@ and the duration in milliseconds when the dispatcher knows them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from p2a_connector.decode import iso_time
 
@@ -98,18 +99,14 @@ def outbound_retry(
     )
 
 
-# Made once: json.dumps with options builds an encoder on every call.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-
-
 def encode(steps: Iterable[Mapping[str, Any]]) -> list[str]:
     """Steps as compact JSON, one string each (never containing a newline)."""
-    return [_COMPACT.encode(s if isinstance(s, dict) else dict(s)) for s in steps]
+    return [orjson.dumps(s if isinstance(s, dict) else dict(s)).decode() for s in steps]
 
 
 def decode_steps(lines: Iterable[str | bytes]) -> list[dict]:
     """Stored steps back into dicts, in time order (stable for equal times)."""
-    steps = [json.loads(line) for line in lines]
+    steps = [orjson.loads(line) for line in lines]
     steps.sort(key=lambda s: s.get("at", 0.0))
     return steps
 
