@@ -136,11 +136,13 @@ class _Reader:
     def remaining(self) -> int:
         return len(self.body) - self.offset
 
-    def integer(self, name: str) -> int:
-        if self.remaining < 1:
-            raise _truncated(name)
-        value = self.body[self.offset]
-        self.offset += 1
+    def integers(self, names: tuple[str, ...]) -> bytes:
+        """One octet per name, in order; iterating the bytes gives the ints."""
+        end = self.offset + len(names)
+        if end > len(self.body):
+            raise _truncated(names[len(self.body) - self.offset])
+        value = self.body[self.offset : end]
+        self.offset = end
         return value
 
     def octets(self, size: int, name: str, status: str) -> bytes:
@@ -212,27 +214,39 @@ def parse_mo(command_id: int, sequence_number: int, body: bytes) -> MOPdu:
     )
 
 
-def _address(reader: _Reader, prefix: str, max_size: int, status: str) -> Address:
-    ton = reader.integer(f"{prefix}_ton")
-    npi = reader.integer(f"{prefix}_npi")
-    address = reader.c_octet_string(f"{prefix}_addr", max_size, status)
+# The field names of the octets read together, for the errors that name
+# the field a truncated body lacks.
+_SOURCE = ("source_ton", "source_npi", "source_addr")
+_DEST = ("dest_ton", "dest_npi", "dest_addr")
+_CLASS_TO_PRIORITY = ("esm_class", "protocol_id", "priority_flag")
+_REGISTERED_TO_LENGTH = (
+    "registered_delivery",
+    "replace_if_present_flag",
+    "data_coding",
+    "sm_default_msg_id",
+    "sm_length",
+)
+_DATA_SM_OCTETS = ("esm_class", "registered_delivery", "data_coding")
+
+
+def _address(
+    reader: _Reader, names: tuple[str, str, str], max_size: int, status: str
+) -> Address:
+    ton, npi = reader.integers(names[:2])
+    address = reader.c_octet_string(names[2], max_size, status)
     return Address(address, ton, npi)
 
 
 def _deliver_sm(reader: _Reader, sequence_number: int) -> MOPdu:
     service_type = reader.c_octet_string("service_type", 6, "ESME_RINVSERTYP")
-    source = _address(reader, "source", 21, "ESME_RINVSRCADR")
-    destination = _address(reader, "dest", 21, "ESME_RINVDSTADR")
-    esm_class = reader.integer("esm_class")
-    protocol_id = reader.integer("protocol_id")
-    priority_flag = reader.integer("priority_flag")
+    source = _address(reader, _SOURCE, 21, "ESME_RINVSRCADR")
+    destination = _address(reader, _DEST, 21, "ESME_RINVDSTADR")
+    esm_class, protocol_id, priority_flag = reader.integers(_CLASS_TO_PRIORITY)
     reader.c_octet_string("schedule_delivery_time", 17, "ESME_RINVSCHED")
     reader.c_octet_string("validity_period", 17, "ESME_RINVEXPIRY")
-    registered_delivery = reader.integer("registered_delivery")
-    reader.integer("replace_if_present_flag")
-    data_coding = reader.integer("data_coding")
-    reader.integer("sm_default_msg_id")
-    sm_length = reader.integer("sm_length")
+    registered_delivery, _, data_coding, _, sm_length = reader.integers(
+        _REGISTERED_TO_LENGTH
+    )
     short_message = reader.octets(sm_length, "sm_length", "ESME_RINVMSGLEN")
     tlvs = reader.tlvs()
 
@@ -254,11 +268,9 @@ def _deliver_sm(reader: _Reader, sequence_number: int) -> MOPdu:
 
 def _data_sm(reader: _Reader, sequence_number: int) -> MOPdu:
     service_type = reader.c_octet_string("service_type", 6, "ESME_RINVSERTYP")
-    source = _address(reader, "source", 65, "ESME_RINVSRCADR")
-    destination = _address(reader, "dest", 65, "ESME_RINVDSTADR")
-    esm_class = reader.integer("esm_class")
-    registered_delivery = reader.integer("registered_delivery")
-    data_coding = reader.integer("data_coding")
+    source = _address(reader, _SOURCE, 65, "ESME_RINVSRCADR")
+    destination = _address(reader, _DEST, 65, "ESME_RINVDSTADR")
+    esm_class, registered_delivery, data_coding = reader.integers(_DATA_SM_OCTETS)
     tlvs = reader.tlvs()
 
     return MOPdu(
