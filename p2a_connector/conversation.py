@@ -21,9 +21,10 @@ Pure functions only: the spools call them inside their transactions.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from p2a_connector.decode import iso_time
 from p2a_connector.spool import Event
@@ -76,7 +77,7 @@ def keys_of_body(event_type: str, body: bytes) -> tuple[str | None, tuple | None
     """`keys` of an encoded event that still holds the placeholder."""
     if event_type != "message.received" or PLACEHOLDER not in body:
         return None, None
-    return keys(event_type, json.loads(body).get("data") or {})
+    return keys(event_type, orjson.loads(body).get("data") or {})
 
 
 def conversation_id_for(event_id: str) -> str:
@@ -99,7 +100,7 @@ def new_event_id(now: float) -> str:
 def as_json(conversation_id: str, turn: int, started_at: float) -> bytes:
     """The ``data.conversation`` object, compact, as it replaces the placeholder."""
     value = {"id": conversation_id, "turn": turn, "started_at": iso_time(started_at)}
-    return json.dumps(value, separators=(",", ":")).encode()
+    return orjson.dumps(value)
 
 
 def fill(body: bytes, conversation: bytes) -> bytes:
@@ -152,5 +153,5 @@ def session_ended(
         },
     }
     # The same encoding as intake.encode_body, which imports this module.
-    body = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+    body = orjson.dumps(envelope)
     return Event(event_id, "session.ended", webhook, body, now)

@@ -15,10 +15,11 @@ works on its keys, bounds and assembler.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from p2a_connector import conversation, trail
 from p2a_connector import redis_reassembly_scripts as scripts
@@ -39,7 +40,7 @@ class Reassembly:
 
     async def _store_segment(self, segment: Segment) -> Event | None:
         keys = self._segment_keys(segment.key)
-        record = json.dumps(segment.record, separators=(",", ":"))
+        record = orjson.dumps(segment.record).decode()
         for _ in range(_ROUNDS):
             status, extra = await self._segment_adds.add(
                 (
@@ -89,7 +90,7 @@ class Reassembly:
         return [(status, given or []) for status, given in added]
 
     def _assemble(self, records: list[str], webhook: str, complete: bool) -> Event:
-        segments = [json.loads(record) for record in records]
+        segments = [orjson.loads(record) for record in records]
         event_id, event_type, body = self._assembler(segments, complete)
         now = self._reactor.seconds()
         conversation_key, ussd = conversation.keys_of_body(event_type, body)

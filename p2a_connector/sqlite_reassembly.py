@@ -11,9 +11,9 @@ bound costs nothing per segment but a comparison.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
+import orjson
 from twisted.python.failure import Failure
 
 from p2a_connector import conversation, trail
@@ -60,7 +60,7 @@ def add_operator_column(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE segment ADD COLUMN operator TEXT NOT NULL DEFAULT ''")
     rows = db.execute("SELECT key, seqnum, record FROM segment").fetchall()
     for key, seqnum, record in rows:
-        operator = json.loads(record).get("operator", "")
+        operator = orjson.loads(record).get("operator", "")
         db.execute(
             "UPDATE segment SET operator = ? WHERE key = ? AND seqnum = ?",
             (str(operator), key, seqnum),
@@ -133,7 +133,7 @@ class Reassembly:
         if recently:
             return None
 
-        record = json.dumps(segment.record, separators=(",", ":"))
+        record = orjson.dumps(segment.record).decode()
         added = db.execute(
             "INSERT OR IGNORE INTO segment"
             " (key, seqnum, total, record, webhook, received_at, operator)"
@@ -239,7 +239,7 @@ class Reassembly:
             " ORDER BY seqnum",
             (key,),
         ).fetchall()
-        records = [json.loads(record) for record, _, _ in rows]
+        records = [orjson.loads(record) for record, _, _ in rows]
         event_id, event_type, body = self._assembler(records, complete)
         conversation_key, ussd = conversation.keys_of_body(event_type, body)
         event = Event(
