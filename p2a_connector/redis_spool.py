@@ -315,7 +315,10 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
                 lambda result: _filled(item, result) if result else None
             )
         if isinstance(item, Segment):
-            return ensureDeferred(self._replicated(self._store_segment(item)))
+            stored = self._store_segment(item)
+            if self._wait_replicas:
+                stored = self._replicated(stored)
+            return ensureDeferred(stored)
         raise TypeError(f"the spool stores Event or Segment, not {type(item)!r}")
 
     async def _replicated(self, stored: Any) -> Event | None:

@@ -800,6 +800,21 @@ async def test_with_wait_replicas_and_no_replica_a_store_fails_for_a_retry(
 
 @needs_redis
 @pytest_twisted.ensureDeferred
+async def test_with_wait_replicas_and_no_replica_a_segment_fails_for_a_retry(
+    own_redis,
+):
+    spool = RedisSpool(
+        own_redis.url, Assembler(), reactor, wait_replicas=1, wait_timeout=0.1
+    )
+    await spool.open()
+
+    with pytest.raises(SpoolError, match="0 of 1 replicas"):
+        await spool.store(segment("r1", 1, 2))
+    await spool.close()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
 async def test_redis_stopped_fails_a_store_with_spool_error_quickly(own_redis):
     spool = RedisSpool(own_redis.url, Assembler(), reactor)
     await spool.open()
