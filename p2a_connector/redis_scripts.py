@@ -186,7 +186,10 @@ return counted(prefix, 'done', {cjson.encode(out)})
 # ms, then per delivery: id, trail step, now, the number of replies to
 # queue and four ARGV per reply (see queue_all).  The stream entries are
 # acknowledged and deleted per stream, a command for them all: one XDEL
-# per entry costs twice as much.
+# per entry costs twice as much.  The event goes before its trail grows:
+# at maxmemory Redis refuses a script whose first write may take memory
+# (RPUSH), not one whose first write frees it (DEL), so deliveries are
+# still recorded, and free memory, while stores get the busy status.
 _DELIVERED = """
 local prefix, group, keep = ARGV[1], ARGV[2], ARGV[3]
 local entries = {}
@@ -197,6 +200,8 @@ while i <= #ARGV do
   local state, webhook, entry, attempt = unpack(redis.call('HMGET', ev, 'state',
     'webhook', 'entry', 'attempt'))
   if state == 'pending' then
+    redis.call('DEL', ev)
+    pending_change = pending_change - 1
     note(prefix, id, step, keep)
     if entry then
       local stream = prefix .. 'events:' .. webhook
@@ -207,8 +212,6 @@ while i <= #ARGV do
     if attempt ~= '0' then
       redis.call('ZREM', prefix .. 'retry:' .. webhook, id)
     end
-    redis.call('DEL', ev)
-    pending_change = pending_change - 1
   end
   queue_all(prefix, now, keep, i + 4, i + 3 + 4 * replies)
   i = i + 4 + 4 * replies
@@ -221,12 +224,14 @@ return counted(prefix, 'done')
 """
 
 # ARGV: prefix, group, id, attempt, next_at, error, trail step, keep in ms.
+# The stream entry goes first, a write that takes no memory, so that at
+# maxmemory the outcome is still recorded (see _DELIVERED), not posted again.
 _RETRY = """
 local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
 local ev = prefix .. 'ev:' .. id
 if redis.call('HGET', ev, 'state') == 'pending' then
-  note(prefix, id, ARGV[7], ARGV[8])
   local webhook = forget_entry(prefix, group, ev)
+  note(prefix, id, ARGV[7], ARGV[8])
   redis.call('HSET', ev, 'attempt', ARGV[4], 'next_at', ARGV[5], 'error', ARGV[6])
   redis.call('ZADD', prefix .. 'retry:' .. webhook, ARGV[5], id)
 end
@@ -234,12 +239,13 @@ return counted(prefix, 'done')
 """
 
 # ARGV: prefix, group, id, attempt, reason, now, trail step, keep in ms.
+# The stream entry goes first, as in _RETRY.
 _DEAD = """
 local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
 local ev = prefix .. 'ev:' .. id
 if redis.call('HGET', ev, 'state') == 'pending' then
-  note(prefix, id, ARGV[7], ARGV[8])
   local webhook = forget_entry(prefix, group, ev)
+  note(prefix, id, ARGV[7], ARGV[8])
   redis.call('ZREM', prefix .. 'retry:' .. webhook, id)
   local letter = redis.call('XADD', prefix .. 'dead', '*', 'id', id)
   redis.call('HSET', ev, 'state', 'dead', 'attempt', ARGV[4], 'error', ARGV[5],

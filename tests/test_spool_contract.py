@@ -815,6 +815,40 @@ async def test_with_wait_replicas_and_no_replica_a_segment_fails_for_a_retry(
 
 @needs_redis
 @pytest_twisted.ensureDeferred
+async def test_at_maxmemory_redis_refuses_stores_and_still_records_outcomes(
+    own_redis,
+):
+    spool = RedisSpool(own_redis.url, Assembler(), reactor)
+    await spool.open()
+    for n in range(4):
+        await spool.store(event(f"msg_{n}"))
+    first, second, third, _ = await spool.due(reactor.seconds(), 10)
+    redis = await txredisapi.Connection("127.0.0.1", own_redis.port, reconnect=False)
+    try:
+        memory = await redis.execute_command("INFO", "memory")
+        used = int(memory.split("used_memory:")[1].split()[0])
+        await redis.execute_command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await redis.execute_command("CONFIG", "SET", "maxmemory", used - 4096)
+
+        with pytest.raises(SpoolError, match="OOM"):
+            await spool.store(event("msg_new"))
+        await spool.delivered(first.id)
+        await spool.retry(second.id, 1, reactor.seconds() + 60, "HTTP 503")
+        await spool.dead(third.id, 1, "HTTP 400")
+    finally:
+        await redis.execute_command("CONFIG", "SET", "maxmemory", 0)
+        await redis.disconnect()
+    left = await spool.due(reactor.seconds(), 10)
+    letters = await spool.dead_letters()
+    await spool.close()
+
+    assert spool.pending() == 2
+    assert [e.id for e in left] == ["msg_3"]
+    assert [letter["id"] for letter in letters] == [third.id]
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
 async def test_redis_stopped_fails_a_store_with_spool_error_quickly(own_redis):
     spool = RedisSpool(own_redis.url, Assembler(), reactor)
     await spool.open()
