@@ -431,6 +431,22 @@ def test_reassembly_key_is_shared_by_the_segments_of_one_message():
     assert key == '["acme","447700900123","88000","udh8",7,2]'
 
 
+def test_reassembly_key_is_the_text_json_dumps_makes_for_any_address():
+    # Segments stored by any version meet under the same key: addresses are
+    # Latin-1 text and may hold any of its 256 characters.
+    every = "".join(chr(code) for code in range(1, 256))
+    mo = segment(7, 2, 1, b"a", source=every, destination='"\\\u2028')
+    concat = decode.inspect(mo).concat
+
+    key = decode.reassembly_key("opérateur", mo, concat)
+
+    assert key == json.dumps(
+        ["opérateur", every, '"\\\u2028', "udh8", 7, 2],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
 def test_reassembly_key_differs_by_reference_and_operator():
     mo = segment(7, 2, 1, b"a")
     other = segment(8, 2, 1, b"a")
