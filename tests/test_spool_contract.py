@@ -784,9 +784,12 @@ async def test_with_wait_replicas_a_store_fires_once_the_replica_has_it(
 
 
 @needs_redis
+@pytest.mark.parametrize(
+    "item", [event("msg_1"), segment("r1", 1, 2)], ids=["event", "segment"]
+)
 @pytest_twisted.ensureDeferred
 async def test_with_wait_replicas_and_no_replica_a_store_fails_for_a_retry(
-    own_redis,
+    own_redis, item
 ):
     spool = RedisSpool(
         own_redis.url, Assembler(), reactor, wait_replicas=1, wait_timeout=0.1
@@ -794,22 +797,7 @@ async def test_with_wait_replicas_and_no_replica_a_store_fails_for_a_retry(
     await spool.open()
 
     with pytest.raises(SpoolError, match="0 of 1 replicas"):
-        await spool.store(event("msg_1"))
-    await spool.close()
-
-
-@needs_redis
-@pytest_twisted.ensureDeferred
-async def test_with_wait_replicas_and_no_replica_a_segment_fails_for_a_retry(
-    own_redis,
-):
-    spool = RedisSpool(
-        own_redis.url, Assembler(), reactor, wait_replicas=1, wait_timeout=0.1
-    )
-    await spool.open()
-
-    with pytest.raises(SpoolError, match="0 of 1 replicas"):
-        await spool.store(segment("r1", 1, 2))
+        await spool.store(item)
     await spool.close()
 
 
