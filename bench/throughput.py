@@ -561,6 +561,14 @@ async def _run(reactor, args, deadline, work, messages, texts, redis) -> int:
             env=dict(os.environ),
         )
         receiver_pid = child.pid
+
+        def stop_if_running() -> None:
+            # A run that ended early (the daemon did not bind, a dispatcher
+            # did not start) never asks the receiver for its results.
+            if not receiver_process.ended.called:
+                child.signalProcess("KILL")
+
+        reactor.addSystemEventTrigger("before", "shutdown", stop_if_running)
         receiver_port = await receiver_process.port
         complete = receiver_process.complete
     else:
