@@ -102,6 +102,33 @@ def test_body_ending_inside_the_mandatory_fields_is_an_invalid_command_length():
     assert raised.value.status == status_code("ESME_RINVCMDLEN")
 
 
+@pytest.mark.parametrize(
+    ("kept", "missing"),
+    [
+        (1, "source_ton"),
+        (2, "source_npi"),
+        (5, "dest_npi"),
+        (7, "esm_class"),
+        (9, "priority_flag"),
+        (12, "registered_delivery"),
+        (14, "data_coding"),
+        (16, "sm_length"),
+    ],
+)
+def test_a_body_cut_short_names_the_octet_field_it_lacks(kept, missing):
+    # No addresses and no times: service_type "" is octet 0, source_ton 1,
+    # source_npi 2, source_addr 3 ... sm_length 16.
+    body = body_of(
+        pdu.encode_deliver_sm(1, source=Address(""), destination=Address(""))
+    )
+
+    with pytest.raises(PDUError) as raised:
+        pdu.parse_mo(pdu.DELIVER_SM, 1, body[:kept])
+
+    assert raised.value.status == status_code("ESME_RINVCMDLEN")
+    assert raised.value.reason == f"the body ends before {missing} is complete"
+
+
 def test_sm_length_beyond_the_body_is_an_invalid_message_length():
     body = body_of(pdu.encode_deliver_sm(1, short_message=b"hello"))
 
