@@ -64,6 +64,8 @@ class Target:
     path: bytes
     # What the Host header says: made once, not on every post.
     host_header: bytes = attrs.field(init=False)
+    # The connections a post may reuse are the ones kept under this.
+    key: tuple[bytes, bytes, int] = attrs.field(init=False)
 
     @host_header.default
     def _host_header(self) -> bytes:
@@ -73,6 +75,10 @@ class Target:
         if (self.scheme, self.port) in ((b"http", 80), (b"https", 443)):
             return host
         return b"%b:%d" % (host, self.port)
+
+    @key.default
+    def _key(self) -> tuple[bytes, bytes, int]:
+        return (self.scheme, self.host, self.port)
 
     @classmethod
     def of(cls, url: str) -> Target:
@@ -140,6 +146,11 @@ class _Connection(Protocol):
     def abort(self) -> None:
         self._exchange = None
         self.transport.abortConnection()
+
+    def stop_idle_timer(self) -> None:
+        if self.idle_timer is not None and self.idle_timer.active():
+            self.idle_timer.cancel()
+        self.idle_timer = None
 
     def dataReceived(self, data: bytes) -> None:
         exchange = self._exchange
@@ -383,7 +394,7 @@ class Posts:
         return DeferredList([c.ended for c in idle]).addCallback(lambda _: None)
 
     def _connect(self, target: Target) -> Deferred[_Connection]:
-        key = (target.scheme, target.host, target.port)
+        key = target.key
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             endpoint = HostnameEndpoint(
@@ -396,14 +407,12 @@ class Posts:
         return connectProtocol(endpoint, _Connection(self, key))
 
     def _reuse(self, target: Target) -> _Connection | None:
-        idle = self._idle.get((target.scheme, target.host, target.port))
+        idle = self._idle.get(target.key)
         if not idle:
             return None
         # The most recently used: the least likely to have been closed.
         connection = idle.pop()
-        if connection.idle_timer is not None and connection.idle_timer.active():
-            connection.idle_timer.cancel()
-        connection.idle_timer = None
+        connection.stop_idle_timer()
         return connection
 
     def _release(self, connection: _Connection) -> None:
@@ -420,6 +429,4 @@ class Posts:
         idle = self._idle.get(connection.key)
         if idle and connection in idle:
             idle.remove(connection)
-        if connection.idle_timer is not None and connection.idle_timer.active():
-            connection.idle_timer.cancel()
-        connection.idle_timer = None
+        connection.stop_idle_timer()
