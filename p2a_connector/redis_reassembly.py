@@ -1,12 +1,16 @@
 """
 Reassembly in the Redis spool.
 
-It takes two scripts, because the assembler is Python: the first adds the
-segment and, if it completes its message, replies every record without
-writing; the second stores the assembled event and closes the reassembly,
-unless another instance closed it first (the completed marker is set) or it
-changed meanwhile (its token differs), so one message makes one event however
-many instances complete it at once.
+The assembler is Python, so a message whose segments this process sent
+itself is assembled before its last segment is sent: one script adds that
+segment and, if Redis holds exactly the siblings the event was made of,
+stores the event (`HeldHere` remembers what was sent).  Otherwise it takes
+two scripts: the first adds the segment and, if it completes its message,
+replies every record without writing; the second stores the assembled event
+and closes the reassembly, unless another instance closed it first (the
+completed marker is set) or it changed meanwhile (its token differs).
+Either way one message makes one event however many instances complete it
+at once.
 
 `Reassembly` is a base class of `p2a_connector.redis_spool.RedisSpool` and
 works on its keys, bounds and assembler.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +36,60 @@ from p2a_connector.spool import Event, Segment, SpoolError, SpoolLimit
 _ROUNDS = 3
 
 
+class HeldHere:
+    """
+    The segments this process sent to Redis, by message key, for messages
+    not known to be complete: the segment that completes one of them is
+    assembled before it is sent, and added with its event in one script
+    call.  Redis checks that the message holds exactly these siblings
+    (their nonces) and otherwise answers as for any segment, so what is
+    kept here may be stale or incomplete at no cost but a wasted assembly.
+    The oldest messages are forgotten past ``most``.
+    """
+
+    def __init__(self, most: int = 4096):
+        self._most = most
+        self._messages: OrderedDict[str, dict[int, tuple[str, str, str]]] = (
+            OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def add(self, segment: Segment, nonce: str, record: str) -> list | None:
+        """
+        Keep ``segment``; if every other segment of its message is kept,
+        with its webhook, the (seqnum, nonce, record) of all of them in
+        seqnum order, this one included.
+        """
+        held = self._messages.get(segment.key)
+        if held is None:
+            held = self._messages[segment.key] = {}
+            if len(self._messages) > self._most:
+                self._messages.popitem(last=False)
+        elif segment.seqnum in held:
+            # Offered again: Redis says which copy it kept.
+            return None
+        held[segment.seqnum] = (nonce, record, segment.webhook)
+        if len(held) != segment.total or any(
+            webhook != segment.webhook for _, _, webhook in held.values()
+        ):
+            return None
+        return [(seqnum, *held[seqnum][:2]) for seqnum in sorted(held)]
+
+    def forget(self, segment: Segment, nonce: str) -> None:
+        """Drop this copy of ``segment``: Redis did not keep it."""
+        held = self._messages.get(segment.key)
+        if held is not None and held.get(segment.seqnum, ("",))[0] == nonce:
+            del held[segment.seqnum]
+            if not held:
+                del self._messages[segment.key]
+
+    def completed(self, segment: Segment) -> None:
+        """Drop the message ``segment`` completed."""
+        self._messages.pop(segment.key, None)
+
+
 class Reassembly:
     """Segments waiting for their siblings, and the events they make."""
 
@@ -41,26 +100,64 @@ class Reassembly:
     async def _store_segment(self, segment: Segment) -> Event | None:
         keys = self._segment_keys(segment.key)
         record = orjson.dumps(segment.record).decode()
+        nonce = os.urandom(8).hex()
+        added = (
+            *keys,
+            segment.seqnum,
+            segment.total,
+            record,
+            segment.webhook,
+            _number(segment.received_at),
+            segment.operator,
+            segment.key,
+            nonce,
+        )
+        try:
+            event = await self._add_segment(segment, nonce, record, added)
+        except BaseException:
+            self._held_here.forget(segment, nonce)
+            raise
+        return event
+
+    async def _add_segment(
+        self, segment: Segment, nonce: str, record: str, added: tuple
+    ) -> Event | None:
+        keys = added[:2]
+        siblings = self._held_here.add(segment, nonce, record)
         for _ in range(_ROUNDS):
-            status, extra = await self._segment_adds.add(
-                (
-                    *keys,
-                    segment.seqnum,
-                    segment.total,
-                    record,
-                    segment.webhook,
-                    _number(segment.received_at),
-                    segment.operator,
-                    segment.key,
-                    os.urandom(8).hex(),
+            event, assembled = None, (-1,)
+            if siblings is not None:
+                event = self._assemble(
+                    [r for _, _, r in siblings], segment.webhook, True
                 )
-            )
+                others = [
+                    value
+                    for seqnum, kept, _ in siblings
+                    if seqnum != segment.seqnum
+                    for value in (seqnum, kept)
+                ]
+                assembled = (
+                    len(others) // 2,
+                    *others,
+                    self._marker_ttl("complete"),
+                    *self._event_args(event, self._reactor.seconds()),
+                )
+                siblings = None
+            status, extra = await self._segment_adds.add((*added, *assembled))
+            if status == "held":
+                return None
+            if status in ("stored", "duplicate"):
+                self._held_here.completed(segment)
+                return _filled(event, extra) if status == "stored" else None
             if status == "limit":
+                self._held_here.forget(segment, nonce)
                 name = _text(extra[0])
                 raise SpoolLimit(name, self._bounds[name], segment.operator)
             if status != "complete":
+                self._held_here.forget(segment, nonce)
                 return None
 
+            self._held_here.completed(segment)
             token, webhook, *records = (_text(value) for value in extra)
             event = self._assemble(records, webhook, complete=True)
             status, extra = await self._finish(keys, token, event, "complete")
@@ -85,9 +182,13 @@ class Reassembly:
             )
         ]
         added = await self._batched(
-            scripts.ADD_SEGMENT, batch, self._keys, *bounds, keys=2
+            scripts.ADD_SEGMENT, batch, self._keys, GROUP, *bounds, keys=2
         )
-        return [(status, given or []) for status, given in added]
+        # A stored event's extra is its conversation, as FINISH gives it.
+        return [
+            (status, [given] if status in ("stored", "duplicate") else given or [])
+            for status, given in added
+        ]
 
     def _assemble(self, records: list[str], webhook: str, complete: bool) -> Event:
         segments = [orjson.loads(record) for record in records]
@@ -108,10 +209,15 @@ class Reassembly:
     async def _finish(
         self, keys: Sequence[str], token: str, event: Event, mode: str
     ) -> tuple[str, Any]:
-        ttl = round(self._completed_ttl * 1000) if mode == "complete" else 0
         now = self._reactor.seconds()
         args = self._event_args(event, now)
-        return await self._finishes.add((*keys, token, ttl, mode, *args))
+        return await self._finishes.add(
+            (*keys, token, self._marker_ttl(mode), mode, *args)
+        )
+
+    def _marker_ttl(self, mode: str) -> int:
+        """How long, in ms, a message's completed marker is kept; 0: none."""
+        return round(self._completed_ttl * 1000) if mode == "complete" else 0
 
     async def _finish_batch(self, batch: list[tuple]) -> list[tuple[str, list]]:
         """

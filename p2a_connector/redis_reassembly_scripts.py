@@ -5,24 +5,54 @@ per message (``seg:<sha1 of the message key>``), a completed marker
 completed, and the counts behind the reassembly limits.  As in
 `p2a_connector.redis_scripts`, each change is one script.
 
-A segment is added by `ADD_SEGMENT`, which replies the records of a message
-its segment completes without changing anything; Python assembles the event
-and `FINISH` closes the reassembly and stores the event, unless another
-instance did first.  Both take a batch: the calls of one reactor turn.
+A segment is added by `ADD_SEGMENT`.  Given with an event assembled from
+it and siblings the caller sent itself, it also stores the event, if the
+message holds exactly those siblings.  Else it replies the records of a
+message its segment completes without changing anything; Python assembles
+the event and `FINISH` closes the reassembly and stores the event, unless
+another instance did first.  Both take a batch: the calls of one reactor
+turn.
 """
 
 from __future__ import annotations
 
 from p2a_connector.redis_scripts import STORE_EVENT, script
 
+# Whether the message a segment completes holds exactly the siblings the
+# caller assembled it from, so their event can be stored at once: ARGV from
+# first gives their count, then seqnum and nonce of each.  Every segment
+# added keeps its nonce beside its record; a sibling added by another
+# instance, or another copy of it, has another nonce.  Returns the
+# reassembly's token ('' for a message with no segment held), or nil.
+_ASSEMBLED_FROM = """
+local function assembled_from(seg, present, webhook, first)
+  local count = tonumber(ARGV[first])
+  if count ~= present then return nil end
+  if count == 0 then return '' end
+  local names = {'webhook', 'token'}
+  for j = 1, count do names[j + 2] = 'n:' .. ARGV[first + 2 * j - 1] end
+  local kept = redis.call('HMGET', seg, unpack(names))
+  if kept[1] ~= webhook then return nil end
+  for j = 1, count do
+    if kept[j + 2] ~= ARGV[first + 2 * j] then return nil end
+  end
+  return kept[2]
+end
+"""
+
 # Adds one segment to its reassembly: seg and done are its segments hash and
-# completed marker; max_* are -1 for no bound.  Returns held / ignored /
-# limit (with the bound's name) / complete (with the token, webhook and every
-# record in seqnum order); complete writes nothing.
+# completed marker; max_* are -1 for no bound; nonce names this copy of the
+# segment, and is the token of a reassembly it opens.  assembled, when not
+# nil, is the index in ARGV of an event the caller assembled from this
+# segment and the siblings it holds itself (see assembled_from; then the
+# completed marker's ttl and the event's fifteen arguments).  Returns held /
+# ignored / limit (with the bound's name) / stored or duplicate (the given
+# event, with its conversation) / complete (with the token, webhook and
+# every record in seqnum order); complete writes nothing.
 _ADD_SEGMENT_ONE = """
-local function add_segment(prefix, seg, done, seqnum, total, record, webhook,
-    received_at, operator, key, max_reassemblies, max_per_operator, max_bytes,
-    token)
+local function add_segment(prefix, group, seg, done, seqnum, total, record,
+    webhook, received_at, operator, key, max_reassemblies, max_per_operator,
+    max_bytes, nonce, assembled)
   local counts = prefix .. 'counts'
   local field = 's:' .. seqnum
   if redis.call('EXISTS', done) == 1 then
@@ -39,6 +69,14 @@ local function add_segment(prefix, seg, done, seqnum, total, record, webhook,
   local opened = not present
   present = tonumber(present or '0')
   if present + 1 >= tonumber(total) then
+    if assembled then
+      local token = assembled_from(seg, present, webhook, assembled)
+      if token then
+        local siblings = tonumber(ARGV[assembled])
+        local at = assembled + 2 * siblings + 1
+        return finish(prefix, group, seg, done, token, ARGV[at], 'complete', at + 1)
+      end
+    end
     local records = {{tonumber(seqnum), record}}
     local kept_token, kept_webhook = '', webhook
     if not opened then
@@ -79,14 +117,14 @@ local function add_segment(prefix, seg, done, seqnum, total, record, webhook,
   end
 
   if opened then
-    redis.call('HSET', seg, 'token', token, 'webhook', webhook,
+    redis.call('HSET', seg, 'token', nonce, 'webhook', webhook,
       'operator', operator, 'key', key, 'present', '1', 'size', size,
-      field, record)
+      field, record, 'n:' .. seqnum, nonce)
     redis.call('HSET', counts, 'count', count + 1, operator_field, of_operator + 1,
       'bytes', held + size)
   else
-    redis.call('HSET', seg, field, record, 'present', present + 1,
-      'size', tonumber(size_held or '0') + size)
+    redis.call('HSET', seg, field, record, 'n:' .. seqnum, nonce,
+      'present', present + 1, 'size', tonumber(size_held or '0') + size)
     redis.call('HSET', counts, 'bytes', held + size)
   end
   redis.call('ZADD', prefix .. 'open', 'LT', received_at, seg)
@@ -96,19 +134,26 @@ end
 
 # Adds the segments of a batch, in order, so a batch holding two segments
 # of one message completes it.  KEYS: per segment its segments hash and
-# completed marker.  ARGV: prefix, max_reassemblies, max_per_operator,
-# max_bytes (-1: none), then eight per segment: seqnum, total, record,
-# webhook, received_at, operator, key, token.  Its extra is one JSON array
+# completed marker.  ARGV: prefix, group, max_reassemblies,
+# max_per_operator, max_bytes (-1: none), then per segment: seqnum, total,
+# record, webhook, received_at, operator, key, nonce and the number of
+# siblings an event given with it was assembled from, -1 for none; when
+# one is given, each sibling's seqnum and nonce, the completed marker's ttl
+# and the event's fifteen arguments follow.  Its extra is one JSON array
 # with [status, extra] per segment (see add_segment).
 _ADD_SEGMENT = """
-local prefix = ARGV[1]
-local out, k = {}, 1
-for i = 5, #ARGV, 8 do
-  local status, extra = add_segment(prefix, KEYS[k], KEYS[k + 1], ARGV[i],
-    ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6],
-    ARGV[2], ARGV[3], ARGV[4], ARGV[i + 7])
+local prefix, group = ARGV[1], ARGV[2]
+local out, k, i = {}, 1, 6
+while i <= #ARGV do
+  local siblings, assembled = tonumber(ARGV[i + 8]), nil
+  if siblings >= 0 then assembled = i + 8 end
+  local status, extra = add_segment(prefix, group, KEYS[k], KEYS[k + 1],
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
+    ARGV[i + 6], ARGV[3], ARGV[4], ARGV[5], ARGV[i + 7], assembled)
   out[#out + 1] = {status, extra}
   k = k + 2
+  i = i + 9
+  if assembled then i = i + 2 * siblings + 16 end
 end
 return counted(prefix, 'done', {cjson.encode(out)})
 """
@@ -187,7 +232,14 @@ return out
 """
 
 
-ADD_SEGMENT = script("add_segment", STORE_EVENT, _ADD_SEGMENT_ONE, _ADD_SEGMENT)
+ADD_SEGMENT = script(
+    "add_segment",
+    STORE_EVENT,
+    _FINISH_ONE,
+    _ASSEMBLED_FROM,
+    _ADD_SEGMENT_ONE,
+    _ADD_SEGMENT,
+)
 FINISH = script("finish", STORE_EVENT, _FINISH_ONE, _FINISH)
 READ_SEGMENTS = script("read_segments", _READ_SEGMENTS)
 

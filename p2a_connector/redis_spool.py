@@ -64,7 +64,7 @@ from p2a_connector.redis_commands import (
     connect,
 )
 from p2a_connector.redis_dead_letters import DeadLetters
-from p2a_connector.redis_reassembly import Reassembly
+from p2a_connector.redis_reassembly import HeldHere, Reassembly
 from p2a_connector.redis_sentinel import _MasterEndpoint
 from p2a_connector.redis_twoway import TwoWay
 from p2a_connector.spool import (
@@ -206,6 +206,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         self._stores = ScriptBatch(self._store_batch, reactor)
         self._deliveries = ScriptBatch(self._delivered_batch, reactor)
         self._segment_adds = ScriptBatch(self._segment_batch, reactor)
+        self._held_here = HeldHere()
         self._finishes = ScriptBatch(self._finish_batch, reactor)
 
     @property

@@ -7,6 +7,7 @@ coming back.
 import json
 import os
 
+import attrs
 import pytest
 import pytest_twisted
 import txredisapi
@@ -17,6 +18,7 @@ from twisted.internet.task import deferLater
 
 from p2a_connector import conversation
 from p2a_connector.outbound import Outbound, reply_id
+from p2a_connector.redis_reassembly import HeldHere
 from p2a_connector.redis_shards import ShardedSpool
 from p2a_connector.redis_spool import RedisSpool
 from p2a_connector.spool import Event, Reassemblies, Segment, SpoolError, SpoolLimit
@@ -657,6 +659,40 @@ async def test_two_instances_each_given_half_the_segments_make_one_event(instanc
     assert [e.id for e in due] == [made[0].id]
     await first.expire(older_than=0.0)
     assert first.reassemblies() == Reassemblies()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_a_copy_redis_did_not_keep_is_not_assembled_into_the_message(instances):
+    first, second = instances
+    await first.store(segment("r1", 1, 2))
+    copy = attrs.evolve(
+        segment("r1", 1, 2), record={"ref": "r1", "text": "<copy>", "received_at": 0}
+    )
+
+    # The second instance holds both parts of the message itself, but Redis
+    # kept the first instance's first part, not this copy.
+    results = await gatherResults(
+        [second.store(copy), second.store(segment("r1", 2, 2))]
+    )
+
+    assert results[0] is None
+    assert json.loads(results[1].body)["text"] == "<r1.1><r1.2>"
+    assert [e.id for e in await first.due(reactor.seconds(), 10)] == [results[1].id]
+
+
+def test_the_segments_a_spool_remembers_are_bounded_and_forgotten_when_complete():
+    held = HeldHere(most=2)
+    for ref in ("r1", "r2", "r3"):
+        assert held.add(segment(ref, 1, 2), nonce=f"n-{ref}", record="{}") is None
+
+    # r1, the oldest, was forgotten: its second part cannot be assembled here.
+    assert held.add(segment("r1", 2, 2), nonce="n", record="{}") is None
+    siblings = held.add(segment("r3", 2, 2), nonce="n", record="{}")
+    held.completed(segment("r3", 2, 2))
+
+    assert siblings == [(1, "n-r3", "{}"), (2, "n", "{}")]
+    assert len(held) == 1
 
 
 @needs_redis
@@ -1474,7 +1510,7 @@ async def test_segments_of_one_message_in_one_turn_make_one_event(spool):
 
 @needs_redis
 @pytest_twisted.ensureDeferred
-async def test_redis_adds_and_finishes_the_segments_of_one_turn_in_two_script_calls(
+async def test_redis_adds_the_segments_of_one_turn_and_stores_their_events_in_one_call(
     redis_server,
 ):
     results, calls = await _stored_in_one_turn(
@@ -1485,5 +1521,7 @@ async def test_redis_adds_and_finishes_the_segments_of_one_turn_in_two_script_ca
     assert sorted(e.id for e in results if e is not None) == sorted(
         f"msg_r{n}" for n in range(20)
     )
-    # One call adds the forty segments, one finishes the twenty messages.
-    assert calls == 2
+    # This spool was given every segment: it assembles each message before
+    # sending the segment that completes it, and one call adds the forty
+    # segments and stores the twenty events.
+    assert calls == 1
