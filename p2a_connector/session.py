@@ -78,6 +78,9 @@ class ESMEProtocol(Protocol):
 
     log = Logger()
 
+    # How many buffered PDUs one reactor turn handles.
+    PDUS_PER_TURN = 16
+
     def __init__(
         self,
         bind: BindConfig,
@@ -100,6 +103,7 @@ class ESMEProtocol(Protocol):
         self._in_flight = 0
         self._paused = False
         self._processing = False
+        self._next_turn: IDelayedCall | None = None
         self._keepalive: IDelayedCall | None = None
         self._awaiting_link: int | None = None
         self._unbind_deadline: IDelayedCall | None = None
@@ -246,12 +250,20 @@ class ESMEProtocol(Protocol):
     # --- reading --------------------------------------------------------
 
     def _process(self) -> None:
-        """Handle buffered PDUs in order, stopping while the window is full."""
+        """
+        Handle buffered PDUs in order, stopping while the window is full.
+        Past `PDUS_PER_TURN` the rest wait for the next reactor turn, so
+        that what the first ones wrote (to the spool's server, among
+        others) goes out and is worked on while these are decoded: a full
+        window read at once would otherwise wait for all of it.
+        """
         if self._processing:
             return
         self._processing = True
         try:
-            while not self._paused and self.state != "closed":
+            for _ in range(self.PDUS_PER_TURN):
+                if self._paused or self.state == "closed":
+                    return
                 try:
                     received = self._framer.next_frame()
                 except PDUError as e:
@@ -261,8 +273,14 @@ class ESMEProtocol(Protocol):
                     return
                 self._touch()
                 self._dispatch(*received)
+            if self._next_turn is None:
+                self._next_turn = self._clock.callLater(0, self._read_on)
         finally:
             self._processing = False
+
+    def _read_on(self) -> None:
+        self._next_turn = None
+        self._process()
 
     def _dispatch(self, header: Header, body: bytes) -> None:
         command_id = header.command_id

@@ -15,6 +15,7 @@ from twisted.internet.defer import (
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 
 from p2a_connector import pdu
 from p2a_connector.metrics import Metrics
@@ -575,3 +576,49 @@ def test_submit_sm_results_are_counted_by_status(smpp_simulator, smpp_bind):
 
     assert count("ESME_RTHROTTLED") == 1
     assert count("ESME_ROK") == 1
+
+
+# --- reading ------------------------------------------------------------
+
+
+def test_a_burst_of_pdus_is_handled_over_several_reactor_turns(smpp_bind):
+    clock = Clock()
+    recorder = Recorder()
+    session = ESMEProtocol(smpp_bind(), recorder, clock)
+    transport = StringTransport()
+    session.makeConnection(transport)
+    bound = session.bindESME()
+    written = pdu.Framer(1 << 16)
+    written.feed(transport.value())
+    bind, _ = written.next_frame()
+    session.dataReceived(
+        pdu.encode_bind_resp(bind.command_id, bind.sequence_number, ESME_ROK, "smsc")
+    )
+    assert bound.called
+    per_turn = ESMEProtocol.PDUS_PER_TURN
+
+    transport.clear()
+    session.dataReceived(
+        b"".join(
+            pdu.encode_deliver_sm(n, short_message=b"%d" % n)
+            for n in range(2, 2 * per_turn + 5)
+        )
+    )
+    first_turn = len(recorder.received)
+    answered = _commands(transport.value())
+    clock.advance(0)
+
+    # The first turn's PDUs are answered (and what they wrote goes out)
+    # before the rest are read, in later turns.
+    assert first_turn == per_turn
+    assert answered == [pdu.DELIVER_SM | pdu.RESPONSE_BIT] * per_turn
+    assert len(recorder.received) == 2 * per_turn + 3
+
+
+def _commands(written: bytes) -> list[int]:
+    framer = pdu.Framer(1 << 16)
+    framer.feed(written)
+    commands = []
+    while (frame := framer.next_frame()) is not None:
+        commands.append(frame[0].command_id)
+    return commands
