@@ -18,6 +18,66 @@ from __future__ import annotations
 
 from p2a_connector.redis_scripts import STORE_EVENT, script
 
+# What the scripts of a batch change in the reassembly counts and the set of
+# open reassemblies, kept in Lua and written once, by counted() at the end:
+# a message opened and completed in one batch, as most are, then costs
+# neither of them a write.
+_TALLY = """
+local tally, tally_was, opened_at = nil, {}, {}
+
+-- The counts hash as a table of numbers, read once per script.
+local function tally_of(prefix)
+  if not tally then
+    tally = {}
+    local flat = redis.call('HGETALL', prefix .. 'counts')
+    for i = 1, #flat, 2 do
+      tally[flat[i]] = tonumber(flat[i + 1])
+      tally_was[flat[i]] = tally[flat[i]]
+    end
+  end
+  return tally
+end
+
+-- A reassembly's first segment arrived at received_at (the earliest wins).
+local function note_open(seg, received_at)
+  local at = opened_at[seg]
+  if not at or tonumber(received_at) < tonumber(at) then
+    opened_at[seg] = received_at
+  end
+end
+
+local function forget_open(prefix, seg)
+  if opened_at[seg] then
+    opened_at[seg] = nil
+  else
+    redis.call('ZREM', prefix .. 'open', seg)
+  end
+end
+
+-- Counts at zero for an operator are removed, not kept.
+flush_tally = function(prefix)
+  for seg, at in pairs(opened_at) do
+    redis.call('ZADD', prefix .. 'open', 'LT', at, seg)
+  end
+  opened_at = {}
+  if not tally then return end
+  local set, gone = {}, {}
+  for field, value in pairs(tally) do
+    if value ~= (tally_was[field] or 0) then
+      if string.sub(field, 1, 3) == 'op:' and value <= 0 then
+        gone[#gone + 1] = field
+      else
+        set[#set + 1] = field
+        set[#set + 1] = string.format('%d', value)
+      end
+    end
+  end
+  if #set > 0 then redis.call('HSET', prefix .. 'counts', unpack(set)) end
+  if #gone > 0 then redis.call('HDEL', prefix .. 'counts', unpack(gone)) end
+  tally, tally_was = nil, {}
+end
+"""
+
 # Whether the message a segment completes holds exactly the siblings the
 # caller assembled it from, so their event can be stored at once: ARGV from
 # first gives their count, then seqnum and nonce of each.  Every segment
@@ -53,7 +113,6 @@ _ADD_SEGMENT_ONE = """
 local function add_segment(prefix, group, seg, done, seqnum, total, record,
     webhook, received_at, operator, key, max_reassemblies, max_per_operator,
     max_bytes, nonce, assembled)
-  local counts = prefix .. 'counts'
   local field = 's:' .. seqnum
   if redis.call('EXISTS', done) == 1 then
     return 'ignored', {}
@@ -100,10 +159,8 @@ local function add_segment(prefix, group, seg, done, seqnum, total, record,
 
   local size = string.len(record)
   local operator_field = 'op:' .. operator
-  local of_operator, count, held = unpack(redis.call('HMGET', counts,
-    operator_field, 'count', 'bytes'))
-  of_operator, count, held = tonumber(of_operator or '0'), tonumber(count or '0'),
-    tonumber(held or '0')
+  local t = tally_of(prefix)
+  local of_operator, count, held = t[operator_field] or 0, t.count or 0, t.bytes or 0
   if opened then
     if tonumber(max_per_operator) >= 0 and of_operator + 1 > tonumber(max_per_operator) then
       return 'limit', {'max_reassemblies_per_operator'}
@@ -120,14 +177,13 @@ local function add_segment(prefix, group, seg, done, seqnum, total, record,
     redis.call('HSET', seg, 'token', nonce, 'webhook', webhook,
       'operator', operator, 'key', key, 'present', '1', 'size', size,
       field, record, 'n:' .. seqnum, nonce)
-    redis.call('HSET', counts, 'count', count + 1, operator_field, of_operator + 1,
-      'bytes', held + size)
+    t.count, t[operator_field] = count + 1, of_operator + 1
   else
     redis.call('HSET', seg, field, record, 'n:' .. seqnum, nonce,
       'present', present + 1, 'size', tonumber(size_held or '0') + size)
-    redis.call('HSET', counts, 'bytes', held + size)
   end
-  redis.call('ZADD', prefix .. 'open', 'LT', received_at, seg)
+  t.bytes = held + size
+  note_open(seg, received_at)
   return 'held', {}
 end
 """
@@ -166,7 +222,6 @@ return counted(prefix, 'done', {cjson.encode(out)})
 # completed it) or stale (it changed since read).
 _FINISH_ONE = """
 local function finish(prefix, group, seg, done, token, ttl, mode, first)
-  local counts = prefix .. 'counts'
   if mode == 'complete' and redis.call('EXISTS', done) == 1 then
     return 'ignored', ''
   end
@@ -179,12 +234,11 @@ local function finish(prefix, group, seg, done, token, ttl, mode, first)
 
   if kept ~= '' then
     redis.call('DEL', seg)
-    redis.call('ZREM', prefix .. 'open', seg)
-    redis.call('HINCRBY', counts, 'count', -1)
-    redis.call('HINCRBY', counts, 'bytes', -tonumber(size))
-    if redis.call('HINCRBY', counts, 'op:' .. operator, -1) <= 0 then
-      redis.call('HDEL', counts, 'op:' .. operator)
-    end
+    forget_open(prefix, seg)
+    local t, operator_field = tally_of(prefix), 'op:' .. operator
+    t.count = (t.count or 0) - 1
+    t.bytes = (t.bytes or 0) - tonumber(size)
+    t[operator_field] = (t[operator_field] or 0) - 1
   end
   if tonumber(ttl) > 0 then
     redis.call('SET', done, '1', 'PX', ttl)
@@ -235,12 +289,13 @@ return out
 ADD_SEGMENT = script(
     "add_segment",
     STORE_EVENT,
+    _TALLY,
     _FINISH_ONE,
     _ASSEMBLED_FROM,
     _ADD_SEGMENT_ONE,
     _ADD_SEGMENT,
 )
-FINISH = script("finish", STORE_EVENT, _FINISH_ONE, _FINISH)
+FINISH = script("finish", STORE_EVENT, _TALLY, _FINISH_ONE, _FINISH)
 READ_SEGMENTS = script("read_segments", _READ_SEGMENTS)
 
 ALL = (ADD_SEGMENT, FINISH, READ_SEGMENTS)

@@ -40,6 +40,8 @@ class Script:
 # once, and the pending counter changed once by the sum, in counted().
 _STORE_EVENT = """
 local ensured, pending_change = {}, 0
+-- Set by scripts that keep changes to write once, at the end (see counted).
+local flush_tally = nil
 
 local function ensure_group(stream, group)
   if ensured[stream] then return end
@@ -144,6 +146,9 @@ end
 -- element by element in Python, one JSON string at C speed.  Last comes the
 -- number of queued outbound messages.
 local function counted(prefix, status, extra)
+  if flush_tally then
+    flush_tally(prefix)
+  end
   if pending_change ~= 0 then
     redis.call('INCRBY', prefix .. 'pending', pending_change)
     pending_change = 0

@@ -1508,6 +1508,25 @@ async def test_segments_of_one_message_in_one_turn_make_one_event(spool):
     assert spool.reassemblies().count == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_message_left_open_by_a_turn_that_completed_another_expires(spool):
+    stored = await gatherResults(
+        [
+            spool.store(segment("r1", 1, 2)),
+            spool.store(segment("r2", 1, 2)),
+            spool.store(segment("r1", 2, 2)),
+        ]
+    )
+
+    expired = await spool.expire(older_than=reactor.seconds() + 1)
+
+    assert [e.id for e in stored if e is not None] == ["msg_r1"]
+    assert [json.loads(e.body) for e in expired] == [
+        {"text": "<r2.1>", "complete": False}
+    ]
+    assert spool.reassemblies() == Reassemblies()
+
+
 @needs_redis
 @pytest_twisted.ensureDeferred
 async def test_redis_adds_the_segments_of_one_turn_and_stores_their_events_in_one_call(
