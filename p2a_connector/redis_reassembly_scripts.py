@@ -18,14 +18,16 @@ from __future__ import annotations
 
 from p2a_connector.redis_scripts import STORE_EVENT, script
 
-# What the scripts of a batch change in the reassembly counts and the set of
-# open reassemblies, kept in Lua and written once, by counted() at the end:
-# a message opened and completed in one batch, as most are, then costs
-# neither of them a write.
-_TALLY = """
-local tally, tally_was, opened_at = nil, {}, {}
+# What the scripts of a batch read and change of the reassembly state (the
+# segments hashes, completed markers, counts and the set of open
+# reassemblies) is kept in Lua, each key read once and written once, by
+# counted() at the end: a message opened and completed in one batch, as
+# most are, then writes only its completed marker.  Nothing else runs
+# while a script does, so no other client can tell.
+_WRITE_BACK = """
+local tally, tally_was, opened_at, segs, dones = nil, {}, {}, {}, {}
 
--- The counts hash as a table of numbers, read once per script.
+-- The counts hash as a table of numbers.
 local function tally_of(prefix)
   if not tally then
     tally = {}
@@ -36,6 +38,38 @@ local function tally_of(prefix)
     end
   end
   return tally
+end
+
+-- A segments hash as a table: its fields, whether Redis holds it, the
+-- fields changed since and whether it was deleted.
+local function seg_of(seg)
+  local held = segs[seg]
+  if not held then
+    local flat = redis.call('HGETALL', seg)
+    held = {fields = {}, stored = #flat > 0, changed = {}, deleted = false}
+    for i = 1, #flat, 2 do held.fields[flat[i]] = flat[i + 1] end
+    segs[seg] = held
+  end
+  return held
+end
+
+local function seg_set(held, ...)
+  local values = {...}
+  for i = 1, #values, 2 do
+    held.fields[values[i]] = values[i + 1]
+    held.changed[values[i]] = true
+  end
+end
+
+local function seg_delete(held)
+  held.fields, held.changed, held.deleted = {}, {}, true
+end
+
+local function is_done(done)
+  if dones[done] == nil then
+    dones[done] = redis.call('EXISTS', done) == 1
+  end
+  return dones[done]
 end
 
 -- A reassembly's first segment arrived at received_at (the earliest wins).
@@ -56,6 +90,19 @@ end
 
 -- Counts at zero for an operator are removed, not kept.
 flush_tally = function(prefix)
+  for seg, held in pairs(segs) do
+    if held.deleted and held.stored then
+      redis.call('DEL', seg)
+    end
+    local set = {}
+    for name in pairs(held.changed) do
+      set[#set + 1] = name
+      set[#set + 1] = held.fields[name]
+    end
+    if #set > 0 then redis.call('HSET', seg, unpack(set)) end
+  end
+  segs = {}
+  dones = {}
   for seg, at in pairs(opened_at) do
     redis.call('ZADD', prefix .. 'open', 'LT', at, seg)
   end
@@ -85,18 +132,17 @@ end
 # instance, or another copy of it, has another nonce.  Returns the
 # reassembly's token ('' for a message with no segment held), or nil.
 _ASSEMBLED_FROM = """
-local function assembled_from(seg, present, webhook, first)
+local function assembled_from(held, present, webhook, first)
   local count = tonumber(ARGV[first])
   if count ~= present then return nil end
   if count == 0 then return '' end
-  local names = {'webhook', 'token'}
-  for j = 1, count do names[j + 2] = 'n:' .. ARGV[first + 2 * j - 1] end
-  local kept = redis.call('HMGET', seg, unpack(names))
-  if kept[1] ~= webhook then return nil end
+  if held.fields.webhook ~= webhook then return nil end
   for j = 1, count do
-    if kept[j + 2] ~= ARGV[first + 2 * j] then return nil end
+    if held.fields['n:' .. ARGV[first + 2 * j - 1]] ~= ARGV[first + 2 * j] then
+      return nil
+    end
   end
-  return kept[2]
+  return held.fields.token
 end
 """
 
@@ -114,22 +160,21 @@ local function add_segment(prefix, group, seg, done, seqnum, total, record,
     webhook, received_at, operator, key, max_reassemblies, max_per_operator,
     max_bytes, nonce, assembled)
   local field = 's:' .. seqnum
-  if redis.call('EXISTS', done) == 1 then
+  if is_done(done) then
     return 'ignored', {}
   end
   -- A reassembly's hash always holds 'present': without it, this segment
   -- opens one.
-  local present, size_held, kept = unpack(redis.call('HMGET', seg, 'present',
-    'size', field))
-  if kept then
+  local held = seg_of(seg)
+  if held.fields[field] then
     return 'ignored', {}
   end
 
-  local opened = not present
-  present = tonumber(present or '0')
+  local opened = not held.fields.present
+  local present = tonumber(held.fields.present or '0')
   if present + 1 >= tonumber(total) then
     if assembled then
-      local token = assembled_from(seg, present, webhook, assembled)
+      local token = assembled_from(held, present, webhook, assembled)
       if token then
         local siblings = tonumber(ARGV[assembled])
         local at = assembled + 2 * siblings + 1
@@ -137,22 +182,13 @@ local function add_segment(prefix, group, seg, done, seqnum, total, record,
       end
     end
     local records = {{tonumber(seqnum), record}}
-    local kept_token, kept_webhook = '', webhook
-    if not opened then
-      local fields = redis.call('HGETALL', seg)
-      for i = 1, #fields, 2 do
-        local name = fields[i]
-        if string.sub(name, 1, 2) == 's:' then
-          records[#records + 1] = {tonumber(string.sub(name, 3)), fields[i + 1]}
-        elseif name == 'token' then
-          kept_token = fields[i + 1]
-        elseif name == 'webhook' then
-          kept_webhook = fields[i + 1]
-        end
+    for name, value in pairs(held.fields) do
+      if string.sub(name, 1, 2) == 's:' then
+        records[#records + 1] = {tonumber(string.sub(name, 3)), value}
       end
     end
     table.sort(records, function(a, b) return a[1] < b[1] end)
-    local extra = {kept_token, kept_webhook}
+    local extra = {held.fields.token or '', held.fields.webhook or webhook}
     for _, r in ipairs(records) do extra[#extra + 1] = r[2] end
     return 'complete', extra
   end
@@ -160,7 +196,7 @@ local function add_segment(prefix, group, seg, done, seqnum, total, record,
   local size = string.len(record)
   local operator_field = 'op:' .. operator
   local t = tally_of(prefix)
-  local of_operator, count, held = t[operator_field] or 0, t.count or 0, t.bytes or 0
+  local of_operator, count, bytes = t[operator_field] or 0, t.count or 0, t.bytes or 0
   if opened then
     if tonumber(max_per_operator) >= 0 and of_operator + 1 > tonumber(max_per_operator) then
       return 'limit', {'max_reassemblies_per_operator'}
@@ -169,20 +205,20 @@ local function add_segment(prefix, group, seg, done, seqnum, total, record,
       return 'limit', {'max_reassemblies'}
     end
   end
-  if tonumber(max_bytes) >= 0 and held + size > tonumber(max_bytes) then
+  if tonumber(max_bytes) >= 0 and bytes + size > tonumber(max_bytes) then
     return 'limit', {'max_reassembly_bytes'}
   end
 
   if opened then
-    redis.call('HSET', seg, 'token', nonce, 'webhook', webhook,
-      'operator', operator, 'key', key, 'present', '1', 'size', size,
-      field, record, 'n:' .. seqnum, nonce)
+    seg_set(held, 'token', nonce, 'webhook', webhook, 'operator', operator,
+      'key', key, 'present', '1', 'size', tostring(size))
     t.count, t[operator_field] = count + 1, of_operator + 1
   else
-    redis.call('HSET', seg, field, record, 'n:' .. seqnum, nonce,
-      'present', present + 1, 'size', tonumber(size_held or '0') + size)
+    seg_set(held, 'present', tostring(present + 1),
+      'size', tostring(tonumber(held.fields.size or '0') + size))
   end
-  t.bytes = held + size
+  seg_set(held, field, record, 'n:' .. seqnum, nonce)
+  t.bytes = bytes + size
   note_open(seg, received_at)
   return 'held', {}
 end
@@ -222,26 +258,27 @@ return counted(prefix, 'done', {cjson.encode(out)})
 # completed it) or stale (it changed since read).
 _FINISH_ONE = """
 local function finish(prefix, group, seg, done, token, ttl, mode, first)
-  if mode == 'complete' and redis.call('EXISTS', done) == 1 then
+  if mode == 'complete' and is_done(done) then
     return 'ignored', ''
   end
-  local kept, operator, size = unpack(redis.call('HMGET', seg, 'token', 'operator',
-    'size'))
-  kept = kept or ''
+  local held = seg_of(seg)
+  local kept = held.fields.token or ''
   if kept ~= token then
     return 'stale', ''
   end
 
   if kept ~= '' then
-    redis.call('DEL', seg)
+    local operator, size = held.fields.operator, tonumber(held.fields.size)
+    seg_delete(held)
     forget_open(prefix, seg)
     local t, operator_field = tally_of(prefix), 'op:' .. operator
     t.count = (t.count or 0) - 1
-    t.bytes = (t.bytes or 0) - tonumber(size)
+    t.bytes = (t.bytes or 0) - size
     t[operator_field] = (t[operator_field] or 0) - 1
   end
   if tonumber(ttl) > 0 then
     redis.call('SET', done, '1', 'PX', ttl)
+    dones[done] = true
   end
   local i = first
   local added, conversation = store_event(prefix, group, ARGV[i], ARGV[i + 1],
@@ -289,13 +326,13 @@ return out
 ADD_SEGMENT = script(
     "add_segment",
     STORE_EVENT,
-    _TALLY,
+    _WRITE_BACK,
     _FINISH_ONE,
     _ASSEMBLED_FROM,
     _ADD_SEGMENT_ONE,
     _ADD_SEGMENT,
 )
-FINISH = script("finish", STORE_EVENT, _TALLY, _FINISH_ONE, _FINISH)
+FINISH = script("finish", STORE_EVENT, _WRITE_BACK, _FINISH_ONE, _FINISH)
 READ_SEGMENTS = script("read_segments", _READ_SEGMENTS)
 
 ALL = (ADD_SEGMENT, FINISH, READ_SEGMENTS)
