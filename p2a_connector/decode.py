@@ -86,7 +86,13 @@ class Concat:
     method: str
 
     def to_json(self) -> dict:
-        return attrs.asdict(self)
+        # Written out: attrs.asdict took a tenth of building a segment record.
+        return {
+            "reference": self.reference,
+            "total": self.total,
+            "seqnum": self.seqnum,
+            "method": self.method,
+        }
 
 
 @attrs.frozen
