@@ -255,12 +255,19 @@ class _Exchange:
     def lost(self, error: Exception) -> None:
         self._post.lost(self, error)
 
+    def release(self) -> None:
+        """Let go of the parser and the post, which both point back here."""
+        self._parser = None
+        self._post = None
+
 
 class _Post:
     """One post, from finding a connection to its answer or its failure."""
 
     def __init__(self, posts: Posts, target: Target, request: bytes, keep: int):
-        self.done: Deferred[Answer] = Deferred(lambda _: self.stop(CancelledError()))
+        self.done: Deferred[Answer] | None = Deferred(
+            lambda _: self.stop(CancelledError())
+        )
         self._posts = posts
         self._target = target
         self._request = request
@@ -299,8 +306,7 @@ class _Post:
         self._connecting = None
         if self._over:
             return
-        self._end()
-        self.done.errback(failure)
+        self._end().errback(failure)
 
     def _send(self, connection: _Connection, reused: bool) -> None:
         self._connection = connection
@@ -310,39 +316,52 @@ class _Post:
 
     def answered(self, answer: Answer) -> None:
         if not self._over:
-            self._end()
-            self.done.callback(answer)
+            self._end().callback(answer)
 
     def lost(self, exchange: _Exchange, error: Exception) -> None:
         if self._over or exchange is not self._exchange:
             return
         if not exchange.started and not self._fresh:
+            exchange.release()
             self._exchange = None
             self._connect()
             return
-        self._end()
-        self.done.errback(error)
+        self._end().errback(error)
 
     def stop(self, error: Exception) -> None:
         """The deadline passed, or the post was cancelled."""
         if self._over:
             return
         exchange, connection = self._exchange, self._connection
-        self._end()
+        done = self._end()
         if exchange is not None and connection is not None:
             connection.abort()
         if exchange is not None and exchange.has_head:
-            self.done.callback(exchange.answer(whole=False))
+            done.callback(exchange.answer(whole=False))
         else:
-            self.done.errback(error)
+            done.errback(error)
 
-    def _end(self) -> None:
+    def _end(self) -> Deferred[Answer]:
+        """
+        The post is over: stop its deadline and its connecting, and give the
+        Deferred to fire.  What points back at the post (the Deferred's
+        canceller, the deadline, the exchange and its parser) is let go, so
+        that reference counting frees a post: left in cycles, a busy
+        dispatcher's posts were the cyclic garbage the collector paused
+        the reactor for, some 20 ms every few seconds.
+        """
         self._over = True
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
+        self._deadline = None
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()
+        if self._exchange is not None:
+            self._exchange.release()
+            self._exchange = None
+        done, self.done = self.done, None
+        return done
 
 
 class Posts:
@@ -382,8 +401,9 @@ class Posts:
         :raises NotHTTP: the answer was not HTTP.
         """
         post = _Post(self, target, request(target, headers, body), keep)
+        done = post.done
         post.start(timeout)
-        return post.done
+        return done
 
     def close(self) -> Deferred[None]:
         """Close the idle connections; fires once they are closed."""

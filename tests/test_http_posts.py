@@ -5,6 +5,7 @@ over TLS with a certificate authority made for the test.
 """
 
 import datetime
+import gc
 
 import pytest
 import pytest_twisted
@@ -464,3 +465,24 @@ async def test_https_refuses_a_certificate_it_does_not_trust(tls_receiver):
     assert isinstance(error, AnswerLost)
     assert "certificate verify failed" in str(error)
     await posts.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_answered_posts_leave_no_cyclic_garbage(scripted, posts):
+    await post(posts, scripted.target)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            await post(posts, scripted.target)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        garbage = [type(o).__qualname__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+    # Reference counting alone frees each post: posts left in cycles were
+    # what the collector paused a busy dispatcher's reactor for.
+    assert garbage == []
