@@ -127,9 +127,8 @@ class Reassembly:
         for _ in range(_ROUNDS):
             event, assembled = None, (-1,)
             if siblings is not None:
-                event = self._assemble(
-                    [r for _, _, r in siblings], segment.webhook, True
-                )
+                records = [record for _, _, record in siblings]
+                event = self._assemble(records, segment.webhook, complete=True)
                 others = [
                     value
                     for seqnum, kept, _ in siblings

@@ -231,8 +231,9 @@ class ESMEProtocol(Protocol):
         was = self.state
         self.state = "closed"
         self._stop_keepalive()
-        if self._unbind_deadline is not None and self._unbind_deadline.active():
-            self._unbind_deadline.cancel()
+        for call in (self._unbind_deadline, self._next_turn):
+            if call is not None and call.active():
+                call.cancel()
         self.log.info(
             "connection of {bind} closed while {state}: {reason}",
             bind=self.bind_name,
@@ -254,8 +255,8 @@ class ESMEProtocol(Protocol):
         Handle buffered PDUs in order, stopping while the window is full.
         Past `PDUS_PER_TURN` the rest wait for the next reactor turn, so
         that what the first ones wrote (to the spool's server, among
-        others) goes out and is worked on while these are decoded: a full
-        window read at once would otherwise wait for all of it.
+        others) goes out and is worked on while the rest are decoded: a
+        full window read at once would otherwise wait for all of it.
         """
         if self._processing:
             return
