@@ -58,3 +58,39 @@ def test_a_small_redis_cluster_run_delivers_every_message():
     assert report["ok"] is True
     assert report["distinct_ids"] == 300
     assert report["parameters"]["shards"] == 4
+
+
+SPOOL_BENCH = BENCH.with_name("spool.py")
+
+
+def run_spool_bench(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(SPOOL_BENCH), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    "spool",
+    [
+        "sqlite",
+        pytest.param(
+            "redis",
+            marks=pytest.mark.skipif(not available(), reason="no redis-server"),
+        ),
+    ],
+)
+def test_the_spool_benchmark_stores_every_message_it_times(spool):
+    report = run_spool_bench("--messages", "200", "--spool", spool)
+
+    assert report["pending"] == report["messages"] == 200
+    assert report["process_us_per_message"] > 0
+    if spool == "redis":
+        # One message in two parts: its event is added to one stream.
+        assert report["redis_calls_per_message"]["xadd"] == 1.0
+        assert report["redis_us_per_message"] > 0
