@@ -28,6 +28,7 @@ from pathlib import Path
 from twisted.internet import defer, task
 
 from p2a_connector import config, traffic
+from p2a_connector.harness import config_text
 from p2a_connector.intake import Intake
 from p2a_connector.models import Address
 from p2a_connector.redis_spool import RedisSpool
@@ -37,22 +38,11 @@ from p2a_connector.sqlite_spool import SqliteSpool
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from redis_server import RedisServer
 
-CONFIG = """
-[[webhook]]
-name = "app"
-url = "http://127.0.0.1:9/sms"
-secrets = ["whsec_ElcSmdbdDYEKKFTRjSshQl++LMhyVr5n"]
-
-[[operator]]
-name = "op1"
-webhook = "app"
-
-[[operator.bind]]
-host = "127.0.0.1"
-port = 9
-system_id = "p2a"
-password = "secret"
-"""
+# A configuration of one operator, one bind and one webhook; the spool is
+# made here, not from its [spool] table.
+CONFIG = config_text(
+    spool=Path("unused.db"), webhook_url="http://127.0.0.1:9/sms", smsc_port=9
+)
 
 
 def messages(count: int, parts: int) -> list[list]:

@@ -15,9 +15,11 @@ from redis_server import available
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "throughput.py"
 
 
-def run(*args: str) -> dict:
+def run(*args: str, bench: Path = BENCH) -> dict:
+    if bench == BENCH:
+        args = ("--duration", "60", *args)
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--json", "--duration", "60", *args],
+        [sys.executable, str(bench), "--json", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -63,18 +65,6 @@ def test_a_small_redis_cluster_run_delivers_every_message():
 SPOOL_BENCH = BENCH.with_name("spool.py")
 
 
-def run_spool_bench(*args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, str(SPOOL_BENCH), "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(done.stdout)
-
-
 @pytest.mark.parametrize(
     "spool",
     [
@@ -86,7 +76,7 @@ def run_spool_bench(*args: str) -> dict:
     ],
 )
 def test_the_spool_benchmark_stores_every_message_it_times(spool):
-    report = run_spool_bench("--messages", "200", "--spool", spool)
+    report = run("--messages", "200", "--spool", spool, bench=SPOOL_BENCH)
 
     assert report["pending"] == report["messages"] == 200
     assert report["process_us_per_message"] > 0

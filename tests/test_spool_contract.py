@@ -13,7 +13,7 @@ import pytest_twisted
 import txredisapi
 from redis_server import RedisServer, available
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
 from p2a_connector import conversation
@@ -1490,16 +1490,20 @@ async def _evalsha_calls(redis) -> int:
     return (await _command_calls(redis)).get("evalsha", 0)
 
 
+def _stored_together(spool, *items) -> Deferred:
+    """What the spool's stores of ``items``, made in one reactor turn, gave."""
+    return gatherResults([spool.store(item) for item in items])
+
+
 @pytest_twisted.ensureDeferred
 async def test_segments_of_one_message_in_one_turn_make_one_event(spool):
-    results = await gatherResults(
-        [
-            spool.store(segment("r1", 2, 3)),
-            spool.store(segment("r2", 1, 2)),
-            spool.store(segment("r1", 1, 3)),
-            spool.store(segment("r1", 2, 3)),
-            spool.store(segment("r1", 3, 3)),
-        ]
+    results = await _stored_together(
+        spool,
+        segment("r1", 2, 3),
+        segment("r2", 1, 2),
+        segment("r1", 1, 3),
+        segment("r1", 2, 3),
+        segment("r1", 3, 3),
     )
 
     assert results[:4] == [None, None, None, None]
@@ -1510,12 +1514,8 @@ async def test_segments_of_one_message_in_one_turn_make_one_event(spool):
 
 @pytest_twisted.ensureDeferred
 async def test_a_message_left_open_by_a_turn_that_completed_another_expires(spool):
-    stored = await gatherResults(
-        [
-            spool.store(segment("r1", 1, 2)),
-            spool.store(segment("r2", 1, 2)),
-            spool.store(segment("r1", 2, 2)),
-        ]
+    stored = await _stored_together(
+        spool, segment("r1", 1, 2), segment("r2", 1, 2), segment("r1", 2, 2)
     )
 
     expired = await spool.expire(older_than=reactor.seconds() + 1)
