@@ -80,10 +80,11 @@ local function note_open(seg, received_at)
   end
 end
 
-local function forget_open(prefix, seg)
-  if opened_at[seg] then
-    opened_at[seg] = nil
-  else
+-- The reassembly in held closed: a hash Redis held before this script is
+-- in the open set already.
+local function forget_open(prefix, seg, held)
+  opened_at[seg] = nil
+  if held.stored then
     redis.call('ZREM', prefix .. 'open', seg)
   end
 end
@@ -270,7 +271,7 @@ local function finish(prefix, group, seg, done, token, ttl, mode, first)
   if kept ~= '' then
     local operator, size = held.fields.operator, tonumber(held.fields.size)
     seg_delete(held)
-    forget_open(prefix, seg)
+    forget_open(prefix, seg, held)
     local t, operator_field = tally_of(prefix), 'op:' .. operator
     t.count = (t.count or 0) - 1
     t.bytes = (t.bytes or 0) - size

@@ -1529,6 +1529,28 @@ async def test_a_message_left_open_by_a_turn_that_completed_another_expires(spoo
 
 @needs_redis
 @pytest_twisted.ensureDeferred
+async def test_a_message_completed_in_a_later_turn_leaves_the_open_set(redis_server):
+    prefix = f"t{os.urandom(4).hex()}"
+    spool = RedisSpool(redis_server.url, Assembler(), reactor, prefix=prefix)
+    await spool.open()
+    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
+    try:
+        await spool.store(segment("r1", 1, 3))
+        opened = await stats.execute_command("ZCARD", "{" + prefix + "}:open")
+        # The second part joins the message and the third completes it, in
+        # one script call.
+        done = await _stored_together(spool, segment("r1", 2, 3), segment("r1", 3, 3))
+        left = await stats.execute_command("ZCARD", "{" + prefix + "}:open")
+    finally:
+        await stats.disconnect()
+        await spool.close()
+
+    assert json.loads(done[1].body)["text"] == "<r1.1><r1.2><r1.3>"
+    assert (opened, left) == (1, 0)
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
 async def test_redis_adds_the_segments_of_one_turn_and_stores_their_events_in_one_call(
     redis_server,
 ):
