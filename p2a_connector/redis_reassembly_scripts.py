@@ -305,7 +305,9 @@ end
 return counted(prefix, 'done', {cjson.encode(out)})
 """
 
-# KEYS: the reassembly's segments hash.  Replies its token, then its records.
+# KEYS: the reassembly's segments hash; ARGV: prefix.  Replies its token,
+# then its records; nothing for a hash that is gone, whose member of the
+# open set is then removed (no reassembly is left to expire).
 _READ_SEGMENTS = """
 local fields = redis.call('HGETALL', KEYS[1])
 local records, token = {}, nil
@@ -316,7 +318,10 @@ for i = 1, #fields, 2 do
     token = fields[i + 1]
   end
 end
-if not token then return {} end
+if not token then
+  redis.call('ZREM', ARGV[1] .. 'open', KEYS[1])
+  return {}
+end
 table.sort(records, function(a, b) return a[1] < b[1] end)
 local out = {token}
 for _, record in ipairs(records) do out[#out + 1] = record[2] end

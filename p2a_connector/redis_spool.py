@@ -404,7 +404,9 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         for member in stale:
             seg = _text(member)
             done = self._keys + "done:" + seg.rsplit(":", 1)[1]
-            read = await self._script_keys(reassembly_scripts.READ_SEGMENTS, (seg,))
+            read = await self._script_keys(
+                reassembly_scripts.READ_SEGMENTS, (seg,), self._keys
+            )
             if not read:
                 continue
             token, *records = (_text(value) for value in read)

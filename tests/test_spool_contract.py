@@ -1551,6 +1551,29 @@ async def test_a_message_completed_in_a_later_turn_leaves_the_open_set(redis_ser
 
 @needs_redis
 @pytest_twisted.ensureDeferred
+async def test_expire_drops_a_member_of_the_open_set_whose_segments_are_gone(
+    redis_server,
+):
+    prefix = f"t{os.urandom(4).hex()}"
+    spool = RedisSpool(redis_server.url, Assembler(), reactor, prefix=prefix)
+    await spool.open()
+    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
+    open_set = "{" + prefix + "}:open"
+    try:
+        await spool.store(segment("r1", 1, 2, at=1000.0))
+        await stats.execute_command("ZADD", open_set, 1000, "{" + prefix + "}:seg:0")
+        expired = await spool.expire(older_than=1001.0)
+        left = await stats.execute_command("ZRANGE", open_set, 0, -1)
+    finally:
+        await stats.disconnect()
+        await spool.close()
+
+    assert [json.loads(e.body)["text"] for e in expired] == ["<r1.1>"]
+    assert left == []
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
 async def test_redis_adds_the_segments_of_one_turn_and_stores_their_events_in_one_call(
     redis_server,
 ):
