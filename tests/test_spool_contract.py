@@ -1371,11 +1371,36 @@ async def test_deliveries_in_one_turn_are_each_recorded_with_their_replies(spool
         assert kept.message == queued
 
 
+class Watched:
+    """A Redis spool of its own prefix, and a connection of the test's to the
+    same Redis, to see what the spool's commands did."""
+
+    def __init__(self, redis_server):
+        self.prefix = f"t{os.urandom(4).hex()}"
+        self.spool = RedisSpool(
+            redis_server.url, Assembler(), reactor, prefix=self.prefix
+        )
+        self.stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
+
+    def key(self, name: str) -> str:
+        """The spool's key ``name``, with its hash tag."""
+        return "{" + self.prefix + "}:" + name
+
+
+@pytest_twisted.async_yield_fixture
+async def watched(redis_server):
+    watched = Watched(redis_server)
+    await watched.spool.open()
+    yield watched
+    await watched.stats.disconnect()
+    await watched.spool.close()
+
+
 @needs_redis
 @pytest_twisted.ensureDeferred
-async def test_redis_sends_the_stores_of_one_turn_as_one_script_call(redis_server):
+async def test_redis_sends_the_stores_of_one_turn_as_one_script_call(watched):
     stored, calls = await _stored_in_one_turn(
-        redis_server, [event(f"msg_{n}") for n in range(50)]
+        watched, [event(f"msg_{n}") for n in range(50)]
     )
 
     assert [e.id for e in stored] == [f"msg_{n}" for n in range(50)]
@@ -1397,26 +1422,18 @@ async def test_due_hands_out_again_an_event_left_out_of_exclude(spool):
 @needs_redis
 @pytest_twisted.ensureDeferred
 async def test_redis_due_reads_only_new_entries_while_all_handed_out_are_in_flight(
-    redis_server,
+    watched,
 ):
-    spool = RedisSpool(
-        redis_server.url, Assembler(), reactor, prefix=f"t{os.urandom(4).hex()}"
-    )
-    await spool.open()
-    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
-    try:
-        for n in range(3):
-            await spool.store(event(f"msg_{n}"))
-        now = reactor.seconds()
-        held = [e.id for e in await spool.due(now, 10)]
-        await spool.store(event("msg_3"))
+    spool = watched.spool
+    for n in range(3):
+        await spool.store(event(f"msg_{n}"))
+    now = reactor.seconds()
+    held = [e.id for e in await spool.due(now, 10)]
+    await spool.store(event("msg_3"))
 
-        before = await _command_calls(stats)
-        later = await spool.due(now + 0.1, 10, held)
-        after = await _command_calls(stats)
-    finally:
-        await stats.disconnect()
-        await spool.close()
+    before = await _command_calls(watched.stats)
+    later = await spool.due(now + 0.1, 10, held)
+    after = await _command_calls(watched.stats)
 
     assert [e.id for e in later] == ["msg_3"]
     ran = {name: after[name] - before.get(name, 0) for name in after}
@@ -1427,27 +1444,20 @@ async def test_redis_due_reads_only_new_entries_while_all_handed_out_are_in_flig
 @needs_redis
 @pytest_twisted.ensureDeferred
 async def test_redis_acknowledges_the_deliveries_of_one_turn_in_one_command(
-    redis_server,
+    watched,
 ):
-    prefix = f"t{os.urandom(4).hex()}"
-    spool = RedisSpool(redis_server.url, Assembler(), reactor, prefix=prefix)
-    await spool.open()
-    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
-    try:
-        for n in range(4):
-            await spool.store(event(f"msg_{n}"))
-        due = await spool.due(reactor.seconds(), 10)
+    spool, stats = watched.spool, watched.stats
+    for n in range(4):
+        await spool.store(event(f"msg_{n}"))
+    due = await spool.due(reactor.seconds(), 10)
 
-        before = await _command_calls(stats)
-        await gatherResults([spool.delivered(e.id) for e in due])
-        after = await _command_calls(stats)
-        left = await stats.execute_command("XLEN", "{" + prefix + "}:events:app")
-        unacknowledged = await stats.execute_command(
-            "XPENDING", "{" + prefix + "}:events:app", "dispatchers"
-        )
-    finally:
-        await stats.disconnect()
-        await spool.close()
+    before = await _command_calls(stats)
+    await gatherResults([spool.delivered(e.id) for e in due])
+    after = await _command_calls(stats)
+    left = await stats.execute_command("XLEN", watched.key("events:app"))
+    unacknowledged = await stats.execute_command(
+        "XPENDING", watched.key("events:app"), "dispatchers"
+    )
 
     assert len(due) == 4
     assert (after["xack"] - before.get("xack", 0)) == 1
@@ -1468,21 +1478,12 @@ async def _command_calls(redis) -> dict[str, int]:
     return calls
 
 
-async def _stored_in_one_turn(redis_server, items: list) -> tuple[list, int]:
-    """What a fresh Redis spool's stores of ``items`` in one turn gave, and
-    how many scripts (EVALSHA) Redis ran for them."""
-    spool = RedisSpool(
-        redis_server.url, Assembler(), reactor, prefix=f"t{os.urandom(4).hex()}"
-    )
-    await spool.open()
-    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
-    try:
-        before = await _evalsha_calls(stats)
-        results = await gatherResults([spool.store(item) for item in items])
-        after = await _evalsha_calls(stats)
-    finally:
-        await stats.disconnect()
-        await spool.close()
+async def _stored_in_one_turn(watched: Watched, items: list) -> tuple[list, int]:
+    """What the spool's stores of ``items`` in one turn gave, and how many
+    scripts (EVALSHA) Redis ran for them."""
+    before = await _evalsha_calls(watched.stats)
+    results = await _stored_together(watched.spool, *items)
+    after = await _evalsha_calls(watched.stats)
     return results, after - before
 
 
@@ -1529,21 +1530,14 @@ async def test_a_message_left_open_by_a_turn_that_completed_another_expires(spoo
 
 @needs_redis
 @pytest_twisted.ensureDeferred
-async def test_a_message_completed_in_a_later_turn_leaves_the_open_set(redis_server):
-    prefix = f"t{os.urandom(4).hex()}"
-    spool = RedisSpool(redis_server.url, Assembler(), reactor, prefix=prefix)
-    await spool.open()
-    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
-    try:
-        await spool.store(segment("r1", 1, 3))
-        opened = await stats.execute_command("ZCARD", "{" + prefix + "}:open")
-        # The second part joins the message and the third completes it, in
-        # one script call.
-        done = await _stored_together(spool, segment("r1", 2, 3), segment("r1", 3, 3))
-        left = await stats.execute_command("ZCARD", "{" + prefix + "}:open")
-    finally:
-        await stats.disconnect()
-        await spool.close()
+async def test_a_message_completed_in_a_later_turn_leaves_the_open_set(watched):
+    spool, stats = watched.spool, watched.stats
+    await spool.store(segment("r1", 1, 3))
+    opened = await stats.execute_command("ZCARD", watched.key("open"))
+    # The second part joins the message and the third completes it, in one
+    # script call.
+    done = await _stored_together(spool, segment("r1", 2, 3), segment("r1", 3, 3))
+    left = await stats.execute_command("ZCARD", watched.key("open"))
 
     assert json.loads(done[1].body)["text"] == "<r1.1><r1.2><r1.3>"
     assert (opened, left) == (1, 0)
@@ -1552,21 +1546,13 @@ async def test_a_message_completed_in_a_later_turn_leaves_the_open_set(redis_ser
 @needs_redis
 @pytest_twisted.ensureDeferred
 async def test_expire_drops_a_member_of_the_open_set_whose_segments_are_gone(
-    redis_server,
+    watched,
 ):
-    prefix = f"t{os.urandom(4).hex()}"
-    spool = RedisSpool(redis_server.url, Assembler(), reactor, prefix=prefix)
-    await spool.open()
-    stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
-    open_set = "{" + prefix + "}:open"
-    try:
-        await spool.store(segment("r1", 1, 2, at=1000.0))
-        await stats.execute_command("ZADD", open_set, 1000, "{" + prefix + "}:seg:0")
-        expired = await spool.expire(older_than=1001.0)
-        left = await stats.execute_command("ZRANGE", open_set, 0, -1)
-    finally:
-        await stats.disconnect()
-        await spool.close()
+    spool, stats = watched.spool, watched.stats
+    await spool.store(segment("r1", 1, 2, at=1000.0))
+    await stats.execute_command("ZADD", watched.key("open"), 1000, watched.key("seg:0"))
+    expired = await spool.expire(older_than=1001.0)
+    left = await stats.execute_command("ZRANGE", watched.key("open"), 0, -1)
 
     assert [json.loads(e.body)["text"] for e in expired] == ["<r1.1>"]
     assert left == []
@@ -1575,10 +1561,10 @@ async def test_expire_drops_a_member_of_the_open_set_whose_segments_are_gone(
 @needs_redis
 @pytest_twisted.ensureDeferred
 async def test_redis_adds_the_segments_of_one_turn_and_stores_their_events_in_one_call(
-    redis_server,
+    watched,
 ):
     results, calls = await _stored_in_one_turn(
-        redis_server,
+        watched,
         [segment(f"r{n}", seqnum, 2) for n in range(20) for seqnum in (1, 2)],
     )
 
