@@ -35,8 +35,9 @@ from p2a_connector.redis_spool import RedisSpool
 from p2a_connector.smpp_status import ESME_ROK
 from p2a_connector.sqlite_spool import SqliteSpool
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from redis_server import RedisServer
+# The benchmark's private Redis (AOF, appendfsync everysec), beside this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import PrivateRedis
 
 # A configuration of one operator, one bind and one webhook; the spool is
 # made here, not from its [spool] table.
@@ -101,13 +102,11 @@ async def run(reactor, args: argparse.Namespace) -> dict:
     loaded = config.parse(tomllib.loads(CONFIG))
     bind = loaded.operators[0].binds[0]
     intake = Intake(loaded, None, reactor)
-    server = None
+    redis, server = None, None
     if args.spool == "redis":
-        server = RedisServer(work / "redis")
-        server.start()
-        # As bench/throughput.py runs it, and as the README advises.
-        redis_cli(server.port, "CONFIG", "SET", "appendfsync", "everysec")
-        intake.spool = RedisSpool(server.url, intake.assemble, reactor)
+        redis = PrivateRedis(work, "everysec")
+        server = redis.servers[0]
+        intake.spool = RedisSpool(redis.url, intake.assemble, reactor)
     else:
         intake.spool = SqliteSpool(str(work / "spool.db"), intake.assemble, reactor)
     try:
@@ -151,8 +150,8 @@ async def run(reactor, args: argparse.Namespace) -> dict:
         await intake.spool.close()
         return report
     finally:
-        if server:
-            server.stop()
+        if redis:
+            redis.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
