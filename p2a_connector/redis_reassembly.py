@@ -98,9 +98,16 @@ class Reassembly:
         return self._keys + "seg:" + digest, self._keys + "done:" + digest
 
     async def _store_segment(self, segment: Segment) -> Event | None:
+        nonce = os.urandom(8).hex()
+        try:
+            return await self._add_segment(segment, nonce)
+        except BaseException:
+            self._held_here.forget(segment, nonce)
+            raise
+
+    async def _add_segment(self, segment: Segment, nonce: str) -> Event | None:
         keys = self._segment_keys(segment.key)
         record = orjson.dumps(segment.record).decode()
-        nonce = os.urandom(8).hex()
         added = (
             *keys,
             segment.seqnum,
@@ -112,17 +119,6 @@ class Reassembly:
             segment.key,
             nonce,
         )
-        try:
-            event = await self._add_segment(segment, nonce, record, added)
-        except BaseException:
-            self._held_here.forget(segment, nonce)
-            raise
-        return event
-
-    async def _add_segment(
-        self, segment: Segment, nonce: str, record: str, added: tuple
-    ) -> Event | None:
-        keys = added[:2]
         siblings = self._held_here.add(segment, nonce, record)
         for _ in range(_ROUNDS):
             event, assembled = None, (-1,)

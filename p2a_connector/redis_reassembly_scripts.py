@@ -90,7 +90,7 @@ local function forget_open(prefix, seg, held)
 end
 
 -- Counts at zero for an operator are removed, not kept.
-flush_tally = function(prefix)
+flush_writes = function(prefix)
   for seg, held in pairs(segs) do
     if held.deleted and held.stored then
       redis.call('DEL', seg)

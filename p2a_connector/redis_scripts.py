@@ -41,7 +41,7 @@ class Script:
 _STORE_EVENT = """
 local ensured, pending_change = {}, 0
 -- Set by scripts that keep changes to write once, at the end (see counted).
-local flush_tally = nil
+local flush_writes = nil
 
 local function ensure_group(stream, group)
   if ensured[stream] then return end
@@ -146,8 +146,8 @@ end
 -- element by element in Python, one JSON string at C speed.  Last comes the
 -- number of queued outbound messages.
 local function counted(prefix, status, extra)
-  if flush_tally then
-    flush_tally(prefix)
+  if flush_writes then
+    flush_writes(prefix)
   end
   if pending_change ~= 0 then
     redis.call('INCRBY', prefix .. 'pending', pending_change)
