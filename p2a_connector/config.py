@@ -299,8 +299,13 @@ class Config:
 # --- loading -------------------------------------------------------------
 
 
-def load(path: str | Path) -> Config:
-    """Read and validate a configuration file; raise ConfigError if unusable."""
+def load(path: str | Path, *, admin_port: int | None = None) -> Config:
+    """
+    Read and validate a configuration file; raise ConfigError if unusable.
+
+    :param admin_port: replaces ``[admin] port`` (twistd's ``--admin-port``,
+        so that processes on one host sharing a file listen apart).
+    """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -308,7 +313,10 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"cannot read the file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not valid TOML: {e}") from None
-    return parse(raw, base=path.parent)
+    config = parse(raw, base=path.parent)
+    if admin_port is None:
+        return config
+    return attrs.evolve(config, admin=attrs.evolve(config.admin, port=admin_port))
 
 
 def parse(raw: dict, base: Path = Path(".")) -> Config:

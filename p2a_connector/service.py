@@ -60,11 +60,14 @@ class Connector(Service):
         log_observer: ILogObserver | None = None,
         *,
         config_path: str | Path | None = None,
+        admin_port: int | None = None,
         reload_on_sighup: bool = False,
     ):
         """
         :param config_path: the file ``config`` was read from, which
             `reload` reads again.
+        :param admin_port: the ``--admin-port`` that ``config`` was loaded
+            with, which `reload` applies again.
         :param reload_on_sighup: reload on SIGHUP while running; for the
             daemon only, as a signal handler belongs to the whole process.
         """
@@ -77,6 +80,7 @@ class Connector(Service):
         self.config_path = (
             Path(config_path).absolute() if config_path is not None else None
         )
+        self.admin_port_given = admin_port
         self.log_observer = log_observer
         self.reactor = reactor
         self.role = role
@@ -293,7 +297,7 @@ class Connector(Service):
         if not self.running:
             return None
         try:
-            new = load(path)
+            new = load(path, admin_port=self.admin_port_given)
         except ConfigError as e:
             self.log.error(
                 "cannot reload {path}: {error}; still running on the "

@@ -14,7 +14,7 @@ from p2a_connector.config import ROLES, ConfigError
 
 
 class Options(usage.Options):
-    synopsis = "--config FILE [--role all|receiver|dispatcher]"
+    synopsis = "--config FILE [--role all|receiver|dispatcher] [--admin-port PORT]"
     optParameters = (
         ("config", "c", "/etc/p2a-connector/connector.toml", "The configuration file."),
         (
@@ -26,11 +26,21 @@ class Options(usage.Options):
                 "webhook posts only (receiver and dispatcher need the redis spool)."
             ),
         ),
+        (
+            "admin-port",
+            None,
+            None,
+            (
+                "The admin endpoint's port, in place of [admin] port: each "
+                "process on one host needs its own."
+            ),
+        ),
     )
 
     def postOptions(self) -> None:
+        self["admin_port"] = _admin_port(self["admin-port"])
         try:
-            self["loaded"] = config.load(self["config"])
+            self["loaded"] = config.load(self["config"], admin_port=self["admin_port"])
         except ConfigError as e:
             raise usage.UsageError(f"{self['config']}: {e}") from None
         log = self["loaded"].log
@@ -55,6 +65,20 @@ class Options(usage.Options):
             )
 
 
+def _admin_port(given: str | None) -> int | None:
+    if given is None:
+        return None
+    try:
+        port = int(given)
+    except ValueError:
+        port = -1
+    if not 0 <= port < 65536:
+        raise usage.UsageError(
+            f"--admin-port {given!r} is not a TCP port (0: any free one)"
+        )
+    return port
+
+
 @implementer(IServiceMaker, IPlugin)
 class ServiceMaker:
     tapname = "p2a-connector"
@@ -72,6 +96,7 @@ class ServiceMaker:
             role=options["role"],
             log_observer=options["log_observer"],
             config_path=options["config"],
+            admin_port=options["admin_port"],
             reload_on_sighup=True,
         )
         tune_garbage_collector()

@@ -1,24 +1,43 @@
-"""The shipped systemd unit and sysusers snippet: accepted and hardened."""
+"""
+The shipped systemd units and sysusers snippet: accepted, hardened, and
+running the daemon they name.
+"""
 
+import json
 import re
+import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+import treq
+from test_end_to_end import bound, deliver, events, until
+from twisted.internet import reactor
+
+from p2a_connector import traffic
+from p2a_connector.harness import Daemon, config_text
+from p2a_connector.smpp_status import ESME_ROK
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD / "p2a-connector.service"
+DISPATCHER = SYSTEMD / "p2a-connector-dispatcher@.service"
 SYSUSERS = SYSTEMD / "p2a-connector.sysusers"
+# What systemd-analyze is given: the template as one of its instances.
+UNIT_FILES = {UNIT: UNIT.name, DISPATCHER: "p2a-connector-dispatcher@8791.service"}
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="no systemd-analyze")
-def test_unit_passes_systemd_analyze_verify(tmp_path):
+@pytest.mark.parametrize("shipped", list(UNIT_FILES), ids=lambda path: path.name)
+def test_unit_passes_systemd_analyze_verify(tmp_path, shipped):
     # The unit names the installed virtual environment; point it at this one.
     venv = str(Path(sys.executable).parent.parent)
-    unit = tmp_path / "p2a-connector.service"
-    unit.write_text(UNIT.read_text().replace("/opt/p2a-connector/venv", venv))
+    unit = tmp_path / UNIT_FILES[shipped]
+    unit.write_text(shipped.read_text().replace("/opt/p2a-connector/venv", venv))
 
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit)],
@@ -29,7 +48,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     )
 
     assert result.returncode == 0, result.stderr
-    assert "p2a-connector.service" not in result.stderr, result.stderr
+    assert unit.name not in result.stderr, result.stderr
 
 
 def test_unit_runs_the_daemon_in_the_foreground_with_a_checked_config():
@@ -64,7 +83,8 @@ def offline_security_supported() -> bool:
     not offline_security_supported(),
     reason="systemd-analyze security --offline needs systemd 250 or newer",
 )
-def test_unit_is_rated_ok_by_systemd_analyze_security(tmp_path):
+@pytest.mark.parametrize("shipped", list(UNIT_FILES), ids=lambda path: path.name)
+def test_unit_is_rated_ok_by_systemd_analyze_security(tmp_path, shipped):
     # What stays exposed is what the daemon needs: the network (binds to any
     # SMSC, posts to any webhook: no PrivateNetwork, no IPAddressDeny, inet
     # sockets), executable writable memory for TLS (see the next test), a
@@ -72,8 +92,8 @@ def test_unit_is_rated_ok_by_systemd_analyze_security(tmp_path):
     # systemd 252; 2.0 leaves room for a newer systemd's extra checks while
     # a lost group of protections (file system, kernel, system calls) goes
     # over it.
-    unit = tmp_path / "p2a-connector.service"
-    unit.write_text(UNIT.read_text())
+    unit = tmp_path / UNIT_FILES[shipped]
+    unit.write_text(shipped.read_text())
 
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", str(unit)],
@@ -152,3 +172,156 @@ def test_sysusers_snippet_creates_the_unit_user_without_a_login(tmp_path):
     assert user[5:] == ["/var/lib/p2a-connector", "/usr/sbin/nologin"]
     assert "User=p2a-connector" in UNIT.read_text()
     assert "p2a-connector:" in (tmp_path / "etc" / "group").read_text()
+
+
+def service_lines(unit: Path) -> list[str]:
+    """The settings of a unit's [Service] section, comments left out."""
+    section = unit.read_text().split("[Service]\n", 1)[1].split("\n[", 1)[0]
+    return [line for line in section.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_dispatcher_template_is_hardened_as_the_main_unit():
+    # Only what makes it a dispatcher differs: its command and its priority.
+    own = ("ExecStart=", "Environment=P2A_ROLE=", "Nice=")
+    main = [line for line in service_lines(UNIT) if not line.startswith(own)]
+    dispatcher = [
+        line for line in service_lines(DISPATCHER) if not line.startswith(own)
+    ]
+
+    assert dispatcher == main
+    assert "Nice=19" in service_lines(DISPATCHER)
+
+
+def unit_options(unit: Path, instance: str = "", role: str | None = None) -> tuple:
+    """
+    The daemon's options from a unit's ExecStart, filled in as systemd
+    would: ``%i`` with the instance and ``${P2A_ROLE}`` with ``role`` (a
+    drop-in's value) or the unit's own Environment= line.
+    """
+    settings = service_lines(unit)
+    (command,) = [
+        line[len("ExecStart=") :] for line in settings if line.startswith("ExecStart=")
+    ]
+    if role is None:
+        roles = [
+            line.split("=", 2)[2]
+            for line in settings
+            if line.startswith("Environment=P2A_ROLE=")
+        ]
+        role = roles[0] if roles else None
+    words = [
+        word.replace("%i", instance).replace("${P2A_ROLE}", str(role))
+        for word in shlex.split(command)
+    ]
+    # The start is what harness.Daemon runs; what follows the file is ours.
+    assert words[:6] == [
+        "/opt/p2a-connector/venv/bin/twistd",
+        "--nodaemon",
+        "--pidfile=",
+        "p2a-connector",
+        "--config",
+        "/etc/p2a-connector/connector.toml",
+    ], command
+    return tuple(words[6:])
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for each in sockets:
+            each.bind(("127.0.0.1", 0))
+        return [each.getsockname()[1] for each in sockets]
+    finally:
+        for each in sockets:
+            each.close()
+
+
+async def status(port: int) -> dict:
+    response = await treq.get(f"http://127.0.0.1:{port}/status")
+    assert response.code == 200
+    return json.loads(await response.text())
+
+
+def test_the_main_unit_runs_role_all_unless_a_drop_in_says_otherwise():
+    assert unit_options(UNIT) == ("--role", "all")
+    assert unit_options(UNIT, role="receiver") == ("--role", "receiver")
+    assert unit_options(DISPATCHER, "8791") == (
+        "--role",
+        "dispatcher",
+        "--admin-port",
+        "8791",
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_units_run_a_receiver_and_two_dispatchers_on_one_host(
+    tmp_path, redis_server, receiver, smpp_simulator
+):
+    """
+    The main unit with P2A_ROLE=receiver and two instances of the template,
+    as their ExecStart lines say, sharing one configuration file: each
+    serves its own admin endpoint, the receiver holds the bind, a dispatcher
+    posts, and a reload keeps a dispatcher's port without a warning.
+    """
+    shared, first, second = free_ports(3)
+    config = tmp_path / "connector.toml"
+    text = config_text(
+        webhook_url=receiver.url,
+        smsc_port=smpp_simulator.listening.getHost().port,
+        redis_url=redis_server.url,
+    )
+    config.write_text(
+        text.replace("[admin]\nport = 0\n", f"[admin]\nport = {shared}\n")
+    )
+    processes = {
+        shared: Daemon(
+            reactor,
+            config,
+            tmp_path / "receiver.log",
+            args=unit_options(UNIT, role="receiver"),
+        ),
+        first: Daemon(
+            reactor,
+            config,
+            tmp_path / "first.log",
+            args=unit_options(DISPATCHER, str(first)),
+        ),
+        second: Daemon(
+            reactor,
+            config,
+            tmp_path / "second.log",
+            args=unit_options(DISPATCHER, str(second)),
+        ),
+    }
+    try:
+        for process in processes.values():
+            process.start()
+        await bound(smpp_simulator, processes[shared])
+        for port, process in processes.items():
+            await until(
+                lambda p=process: "admin endpoint on" in p.text(),
+                what=f"admin on {port}",
+            )
+
+        roles = {port: (await status(port))["role"] for port in processes}
+        assert roles == {shared: "receiver", first: "dispatcher", second: "dispatcher"}
+
+        part = traffic.split("by a unit's dispatcher", "gsm7", None)[0]
+        assert await deliver(smpp_simulator, part) == ESME_ROK
+        await until(lambda: len(events(receiver)) == 1, what="the event")
+        await until(
+            lambda: any(
+                "delivered msg_" in processes[port].text() for port in (first, second)
+            ),
+            what="a dispatcher's delivered line",
+        )
+        assert "delivered msg_" not in processes[shared].text()
+
+        processes[first].process.signalProcess(signal.SIGHUP)
+        await until(lambda: "reloaded " in processes[first].text(), what="the reload")
+        assert "changed in" not in processes[first].text()
+        assert (await status(first))["role"] == "dispatcher"
+    finally:
+        for process in processes.values():
+            if process.running:
+                await process.kill()

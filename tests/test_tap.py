@@ -4,6 +4,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+from twisted.python import usage
+
+from p2a_connector.harness import config_text
+from p2a_connector.tap import Options
+
 
 def test_the_daemon_freezes_its_start_up_objects_and_collects_less_often():
     # In a process of its own: the collector's settings are global.
@@ -22,3 +28,28 @@ def test_the_daemon_freezes_its_start_up_objects_and_collects_less_often():
     ).stdout.split()
 
     assert out == ["0", "True", "True"]
+
+
+def options(tmp_path, *given: str) -> Options:
+    config = tmp_path / "connector.toml"
+    config.write_text(
+        config_text(
+            spool=tmp_path / "s.db", webhook_url="http://127.0.0.1:9/", smsc_port=9
+        )
+    )
+    parsed = Options()
+    parsed.parseOptions(["--config", str(config), *given])
+    return parsed
+
+
+def test_admin_port_replaces_the_configured_one(tmp_path):
+    assert options(tmp_path)["loaded"].admin.port == 0
+    assert options(tmp_path, "--admin-port", "8791")["loaded"].admin.port == 8791
+
+
+@pytest.mark.parametrize("given", ["http", "-1", "65536"])
+def test_admin_port_must_be_a_tcp_port(tmp_path, given):
+    with pytest.raises(
+        usage.UsageError, match=f"--admin-port '{given}' is not a TCP port"
+    ):
+        options(tmp_path, "--admin-port", given)
