@@ -227,7 +227,7 @@ def build_event(
     The event for one message from the records of its segments.
 
     The records may come in any order, repeat a segment, or (when
-    ``complete`` is false) lack some.  The first segment present supplies
+    ``complete`` is false) lack some; any may come as its `part_of`.  The first segment present supplies
     the addresses and SMPP fields; the text joins every segment present.
 
     :param options: how the bind's SMSC writes text; the defaults when None.
@@ -259,8 +259,19 @@ def build_single_event(
     `segment_record` just made of it and what `inspect` found, without
     reading the record's hex and base64 back.
     """
+    return _event(
+        [part_of(record, inspected)], event_id, options, complete, completed_at
+    )
+
+
+def part_of(record: dict, inspected: Inspected) -> segments.Part:
+    """
+    What `segments.read` makes of the record `segment_record` just made,
+    from what `inspect` found: for `build_event`, which takes it in place
+    of the record.
+    """
     concat = inspected.concat
-    part = segments.Part(
+    return segments.Part(
         record,
         inspected.udh,
         inspected.header if inspected.udh else None,
@@ -268,7 +279,6 @@ def build_single_event(
         [(tag, bytes.fromhex(value)) for tag, value in record["tlvs"]],
         concat.seqnum if concat is not None else 0,
     )
-    return _event([part], event_id, options, complete, completed_at)
 
 
 def _event(

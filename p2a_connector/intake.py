@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from p2a_connector import conversation, decode, trail
+from p2a_connector import conversation, decode, segments, trail
 from p2a_connector.alphabets import DecodeOptions
 from p2a_connector.config import BindConfig, Config
 from p2a_connector.metrics import Metrics
@@ -108,13 +108,18 @@ class Intake:
         self._operators = frozenset(operator.name for operator in config.operators)
         self.config = config
 
-    def assemble(self, records: list[dict], complete: bool) -> tuple[str, str, bytes]:
-        """The spool's assembler: the segments of one message into one event."""
+    def assemble(
+        self, records: list[dict | segments.Part], complete: bool
+    ) -> tuple[str, str, bytes]:
+        """
+        The spool's assembler: the segments of one message into one event.
+        A record may come as the Part `_item` made of it (`Segment.parsed`).
+        """
         event_id = new_event_id(self.clock.seconds())
         event_type, envelope = decode.build_event(
             records,
             event_id=event_id,
-            options=self._decode_options(records[0]["bind"]),
+            options=self._decode_options(segments.record_of(records[0])["bind"]),
             complete=complete,
             completed_at=self.clock.seconds(),
         )
@@ -311,6 +316,7 @@ class Intake:
                 conversation=conversation.conversation_key(
                     bind.operator, mo.source.address, mo.destination.address
                 ),
+                parsed=decode.part_of(record, inspected),
             )
 
         event_id = new_event_id(now)

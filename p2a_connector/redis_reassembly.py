@@ -19,7 +19,7 @@ works on its keys, bounds and assembler.
 from __future__ import annotations
 
 import hashlib
-import os
+import random
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -49,7 +49,7 @@ class HeldHere:
 
     def __init__(self, most: int = 4096):
         self._most = most
-        self._messages: OrderedDict[str, dict[int, tuple[str, str, str]]] = (
+        self._messages: OrderedDict[str, dict[int, tuple[str, str, Segment]]] = (
             OrderedDict()
         )
 
@@ -59,8 +59,8 @@ class HeldHere:
     def add(self, segment: Segment, nonce: str, record: str) -> list | None:
         """
         Keep ``segment``; if every other segment of its message is kept,
-        with its webhook, the (seqnum, nonce, record) of all of them in
-        seqnum order, this one included.
+        with its webhook, the (seqnum, nonce, record, Segment) of all of
+        them in seqnum order, this one included.
         """
         held = self._messages.get(segment.key)
         if held is None:
@@ -70,12 +70,12 @@ class HeldHere:
         elif segment.seqnum in held:
             # Offered again: Redis says which copy it kept.
             return None
-        held[segment.seqnum] = (nonce, record, segment.webhook)
+        held[segment.seqnum] = (nonce, record, segment)
         if len(held) != segment.total or any(
-            webhook != segment.webhook for _, _, webhook in held.values()
+            kept.webhook != segment.webhook for _, _, kept in held.values()
         ):
             return None
-        return [(seqnum, *held[seqnum][:2]) for seqnum in sorted(held)]
+        return [(seqnum, *held[seqnum]) for seqnum in sorted(held)]
 
     def forget(self, segment: Segment, nonce: str) -> None:
         """Drop this copy of ``segment``: Redis did not keep it."""
@@ -98,7 +98,10 @@ class Reassembly:
         return self._keys + "seg:" + digest, self._keys + "done:" + digest
 
     async def _store_segment(self, segment: Segment) -> Event | None:
-        nonce = os.urandom(8).hex()
+        # Tells this copy from others sent by any instance; as no one need
+        # guess it, the process's seeded generator serves, without a system
+        # call per segment.
+        nonce = f"{random.getrandbits(64):016x}"
         try:
             return await self._add_segment(segment, nonce)
         except BaseException:
@@ -123,13 +126,21 @@ class Reassembly:
         for _ in range(_ROUNDS):
             event, assembled = None, (-1,)
             if siblings is not None:
-                records = [record for _, _, record in siblings]
-                event = self._assemble(records, segment.webhook, complete=True)
+                held = [kept for *_, kept in siblings]
+                event = self._event_of(
+                    [kept.record for kept in held],
+                    [
+                        kept.record if kept.parsed is None else kept.parsed
+                        for kept in held
+                    ],
+                    segment.webhook,
+                    complete=True,
+                )
                 others = [
                     value
-                    for seqnum, kept, _ in siblings
+                    for seqnum, nonce_kept, _, _ in siblings
                     if seqnum != segment.seqnum
-                    for value in (seqnum, kept)
+                    for value in (seqnum, nonce_kept)
                 ]
                 assembled = (
                     len(others) // 2,
@@ -187,7 +198,16 @@ class Reassembly:
 
     def _assemble(self, records: list[str], webhook: str, complete: bool) -> Event:
         segments = [orjson.loads(record) for record in records]
-        event_id, event_type, body = self._assembler(segments, complete)
+        return self._event_of(segments, segments, webhook, complete)
+
+    def _event_of(
+        self, records: list[dict], given: list, webhook: str, complete: bool
+    ) -> Event:
+        """
+        The event of a message's ``records``; ``given`` is what the assembler
+        gets, the records or their segments' ``parsed``.
+        """
+        event_id, event_type, body = self._assembler(given, complete)
         now = self._reactor.seconds()
         conversation_key, ussd = conversation.keys_of_body(event_type, body)
         return Event(
@@ -196,7 +216,7 @@ class Reassembly:
             webhook=webhook,
             body=body,
             created_at=now,
-            trail=trail.assembled(segments, complete, now),
+            trail=trail.assembled(records, complete, now),
             conversation=conversation_key,
             ussd=ussd,
         )

@@ -64,15 +64,20 @@ class Part:
         return concat is None or self.seqnum == concat["total"]
 
 
-def read(records: list[dict]) -> list[Part]:
+def read(records: list[dict | Part]) -> list[Part]:
     """
-    The records of one message as parts.
+    The records of one message as parts; a Part given is taken as it is.
 
     :raises MalformedRecord: naming the first field that is not as written.
     """
     if not isinstance(records, list) or not records:
         raise MalformedRecord("a message needs at least one segment record")
-    return [_part(record) for record in records]
+    return [record if isinstance(record, Part) else _part(record) for record in records]
+
+
+def record_of(given: dict | Part) -> dict:
+    """The record itself, of a record or of a Part read from one."""
+    return given.record if isinstance(given, Part) else given
 
 
 def distinct(parts: list[Part]) -> list[Part]:

@@ -91,6 +91,9 @@ class Segment:
     :ivar conversation: the conversation key of the message it is part of
         (`p2a_connector.conversation.conversation_key`), by which a sharded
         spool keeps the message's segments with its conversation.
+    :ivar parsed: what the assembler may be given in place of ``record`` by
+        a spool assembling segments in the process that made them: the
+        record as the intake already read it.  Never stored.
     """
 
     key: str
@@ -101,6 +104,7 @@ class Segment:
     received_at: float
     operator: str = ""
     conversation: str | None = attrs.field(default=None, eq=False, repr=False)
+    parsed: object = attrs.field(default=None, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.seqnum > self.total:
@@ -149,9 +153,11 @@ class PendingEvent:
     created_at: float
 
 
-Assembler = Callable[[list[dict], bool], tuple[str, str, bytes]]
+Assembler = Callable[[list[Any], bool], tuple[str, str, bytes]]
 """
 Turns the records of one message, sorted by seqnum, into (id, type, body).
+A record may come as its segment's ``parsed`` instead, where the spool
+still holds the Segment the intake gave it.
 
 The flag says whether every segment is present (False when the reassembly
 timed out).  The id must be new for every message: an id already in the

@@ -29,18 +29,32 @@ needs_redis = pytest.mark.skipif(
 )
 
 
+@attrs.frozen
+class Parsed:
+    """A segment's ``parsed``: what an intake made of its record."""
+
+    record: dict
+
+
 class Assembler:
-    """Joins the segments' text; a fresh id per message, as spools require."""
+    """
+    Joins the segments' text; a fresh id per message, as spools require.
+    Takes a segment's `Parsed` in place of its record, as Intake.assemble
+    takes the Part it made.
+    """
 
     def __init__(self):
-        self.calls: list[tuple[list[dict], bool]] = []
+        self.calls: list[tuple[list, bool]] = []
+        self.references: list[str] = []
 
-    def __call__(self, records: list[dict], complete: bool) -> tuple[str, str, bytes]:
-        self.calls.append((records, complete))
+    def __call__(self, given: list, complete: bool) -> tuple[str, str, bytes]:
+        self.calls.append((given, complete))
+        records = [each.record if isinstance(each, Parsed) else each for each in given]
         reference = records[0]["ref"]
+        self.references.append(reference)
         text = "".join(record["text"] for record in records)
         body = json.dumps({"text": text, "complete": complete}).encode()
-        earlier = sum(1 for r, _ in self.calls if r[0]["ref"] == reference)
+        earlier = self.references.count(reference)
         suffix = f"_{earlier}" if earlier > 1 else ""
         return f"msg_{reference}{suffix}", "message.received", body
 
@@ -681,6 +695,44 @@ async def test_a_copy_redis_did_not_keep_is_not_assembled_into_the_message(insta
     assert [e.id for e in await first.due(reactor.seconds(), 10)] == [results[1].id]
 
 
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_segments_assembled_where_they_came_are_given_as_parsed(redis_server):
+    """
+    A message whose parts all came through one instance is assembled from
+    the segments' ``parsed``; one whose parts came through two, from the
+    records Redis kept.  Both make the same text.
+    """
+    prefix = f"t{os.urandom(4).hex()}"
+    assemblers = [Assembler(), Assembler()]
+    first, second = [
+        RedisSpool(redis_server.url, each, reactor, prefix=prefix)
+        for each in assemblers
+    ]
+    await first.open()
+    await second.open()
+    try:
+
+        def parsed(ref: str, seqnum: int) -> Segment:
+            part = segment(ref, seqnum, 2)
+            return attrs.evolve(part, parsed=Parsed(part.record))
+
+        await first.store(parsed("r1", 1))
+        here = await first.store(parsed("r1", 2))
+        await first.store(parsed("r2", 1))
+        apart = await second.store(parsed("r2", 2))
+    finally:
+        await first.close()
+        await second.close()
+
+    assert json.loads(here.body)["text"] == "<r1.1><r1.2>"
+    assert json.loads(apart.body)["text"] == "<r2.1><r2.2>"
+    ((given_here, _),) = assemblers[0].calls
+    ((given_apart, _),) = assemblers[1].calls
+    assert given_here == [Parsed(segment("r1", n, 2).record) for n in (1, 2)]
+    assert all(type(each) is dict for each in given_apart)
+
+
 def test_the_segments_a_spool_remembers_are_bounded_and_forgotten_when_complete():
     held = HeldHere(most=2)
     for ref in ("r1", "r2", "r3"):
@@ -691,7 +743,11 @@ def test_the_segments_a_spool_remembers_are_bounded_and_forgotten_when_complete(
     siblings = held.add(segment("r3", 2, 2), nonce="n", record="{}")
     held.completed(segment("r3", 2, 2))
 
-    assert siblings == [(1, "n-r3", "{}"), (2, "n", "{}")]
+    assert [(seqnum, nonce, record) for seqnum, nonce, record, _ in siblings] == [
+        (1, "n-r3", "{}"),
+        (2, "n", "{}"),
+    ]
+    assert [kept.seqnum for *_, kept in siblings] == [1, 2]
     assert len(held) == 1
 
 
