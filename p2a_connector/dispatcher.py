@@ -164,14 +164,20 @@ class Dispatcher(Service):
             [self._posts.max_idle, *(w.concurrency for w in webhooks)]
         )
 
-    def wake(self, webhook: str | None = None) -> None:
-        """New events were stored (for ``webhook``, or any): look now."""
+    def wake(self, webhook: str | None = None, within: float = 0.0) -> None:
+        """
+        New events were stored (for ``webhook``, or any): look now, or
+        within ``within`` seconds, one look for all wakes meanwhile.
+        """
         if webhook is None:
             lanes = list(self._lanes.values())
         else:
             lanes = [self._lanes[webhook]] if webhook in self._lanes else []
         for lane in lanes:
-            lane.look()
+            if within > 0:
+                lane.look_within(within)
+            else:
+                lane.look()
 
     def in_flight(self) -> int:
         """How many posts are under way."""

@@ -58,6 +58,20 @@ class Poller:
             self._again = False
             self._wake()
 
+    def soon(self, delay: float) -> None:
+        """
+        Look within ``delay`` seconds: a later timer is brought forward, a
+        sooner one kept, a look under way followed by one more; so the
+        calls of several moments make one look.
+        """
+        if self.busy():
+            return
+        timer = self._timer
+        soon_enough = self._reactor.seconds() + delay
+        if timer is not None and timer.active() and timer.getTime() <= soon_enough:
+            return
+        self.sleep(delay)
+
     def sleep(self, delay: float) -> None:
         """Look again in ``delay`` seconds, unless woken sooner."""
         self.cancel()

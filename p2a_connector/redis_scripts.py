@@ -37,9 +37,10 @@ class Script:
 
 # Shared by the scripts that add an event to the delivery queue.  What a
 # script does once however many events it touches: each stream made sure of
-# once, and the pending counter changed once by the sum, in counted().
+# once, the pending counter changed once by the sum, and the webhooks given
+# events published once (p2a_connector.redis_wakeups), in counted().
 _STORE_EVENT = """
-local ensured, pending_change = {}, 0
+local ensured, pending_change, stored_for = {}, 0, {}
 -- Set by scripts that keep changes to write once, at the end (see counted).
 local flush_writes = nil
 
@@ -139,6 +140,7 @@ local function store_event(prefix, group, id, etype, webhook, body, created, now
     'created_at', created, 'state', 'pending', 'attempt', '0',
     'next_at', now, 'entry', entry)
   pending_change = pending_change + 1
+  stored_for[webhook] = true
   return 1, conversation
 end
 
@@ -152,6 +154,12 @@ local function counted(prefix, status, extra)
   if pending_change ~= 0 then
     redis.call('INCRBY', prefix .. 'pending', pending_change)
     pending_change = 0
+  end
+  if next(stored_for) then
+    local names = {}
+    for webhook in pairs(stored_for) do names[#names + 1] = webhook end
+    redis.call('PUBLISH', prefix .. 'stored', cjson.encode(names))
+    stored_for = {}
   end
   return {status, cjson.encode(redis.call('HGETALL', prefix .. 'counts')),
     redis.call('GET', prefix .. 'pending') or '0', extra or {},
@@ -324,8 +332,10 @@ for _, id in ipairs(dead_ids(prefix, ARGV[3], 7)) do
   local ev = take_letter(prefix, id)
   if ev then
     note(prefix, id, ARGV[5], ARGV[6])
-    local stream = prefix .. 'events:' .. redis.call('HGET', ev, 'webhook')
+    local webhook = redis.call('HGET', ev, 'webhook')
+    local stream = prefix .. 'events:' .. webhook
     ensure_group(stream, group)
+    stored_for[webhook] = true
     local entry = redis.call('XADD', stream, '*', 'id', id)
     redis.call('HDEL', ev, 'error', 'failed_at', 'letter')
     redis.call('HSET', ev, 'state', 'pending', 'attempt', '0', 'next_at', ARGV[4],

@@ -26,7 +26,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.endpoints import HostnameEndpoint
 
+from p2a_connector import redis_wakeups as wakeups
 from p2a_connector.config import parse_redis_url
 from p2a_connector.conversation import conversation_key
 from p2a_connector.outbound import Outbound, OutboundState
@@ -123,12 +125,11 @@ class ShardedSpool:
             raise ValueError(f"shards must be at least 1, got {shards}")
         self.url = url
         self.prefix = prefix
-        self.cluster = Cluster(
-            seeds,
-            reactor,
-            timeout=timeout,
-            options=connection_options(username, password, timeout),
-        )
+        self._reactor = reactor
+        self._timeout = timeout
+        self._options = connection_options(username, password, timeout)
+        self._watcher: Any = None
+        self.cluster = Cluster(seeds, reactor, timeout=timeout, options=self._options)
         bounds = {name: options.pop(name, None) for name in _BOUNDS}
         self.shards = [
             RedisSpool(
@@ -198,10 +199,28 @@ class ShardedSpool:
 
     def close(self) -> Deferred[None]:
         async def run() -> None:
+            watcher, self._watcher = self._watcher, None
+            if watcher is not None:
+                await watcher.disconnect()
             await self._each(lambda shard: shard.close())
             await self.cluster.disconnect()
 
         return ensureDeferred(run())
+
+    def watch(self, wake: Callable[[str], None]) -> None:
+        """
+        `RedisSpool.watch` for every shard, on one connection to the first
+        seed: a cluster passes each message published on one node to all.
+        While that node is down, the poll alone finds new events.
+        """
+        if self._watcher is None:
+            host, port = self.cluster.seeds[0]
+            self._watcher = wakeups.subscribe(
+                HostnameEndpoint(self._reactor, host, port, timeout=self._timeout),
+                [shard.wake_channel for shard in self.shards],
+                wake,
+                **self._options,
+            )
 
     # --- events -----------------------------------------------------------
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -51,6 +51,7 @@ from p2a_connector import outbound as outbound_
 from p2a_connector import redis_outbound as outbound_scripts
 from p2a_connector import redis_reassembly_scripts as reassembly_scripts
 from p2a_connector import redis_scripts as scripts
+from p2a_connector import redis_wakeups as wakeups
 from p2a_connector.config import parse_redis_url as parse_url
 from p2a_connector.decode import iso_time
 from p2a_connector.outbound import Outbound
@@ -199,6 +200,7 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         }
         self._redis: Any = None
         self._sentinel: Any = None
+        self._watcher: Any = None
         self._refresher: task.LoopingCall | None = None
         self._pending = 0
         self._reassemblies = Reassemblies()
@@ -256,23 +258,45 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
         if self._route is not None:
             self._redis = self._route
             return
-        host, port, db, username, password = parse_url(self.url)
-        options = connection_options(username, password, self._timeout)
+        host, port, db, _, _ = parse_url(self.url)
         if self._sentinels:
             self._sentinel = txredisapi.Sentinel(list(self._sentinels))
-            endpoint = _MasterEndpoint(
-                self._reactor, self._sentinel, self._sentinel_master, self._timeout
-            )
-        else:
-            endpoint = HostnameEndpoint(
-                self._reactor, host, port, timeout=self._timeout
-            )
         # One connection carries every command, pipelined: Redis runs them
         # in the order they were sent, so a read sent after a write sees it
         # (a receipt looked up after outbound_progress finds its part), and
         # WAIT, which counts only the writes of its own connection, covers
         # them all.  A pool would spread them over connections and lose both.
-        self._redis = connect(endpoint, f"{host}:{port}", db, **options)
+        self._redis = connect(self._endpoint(), f"{host}:{port}", db, **self._options())
+
+    def _endpoint(self) -> Any:
+        """Where a connection goes: the Sentinels' master, or the url's server."""
+        if self._sentinel is not None:
+            return _MasterEndpoint(
+                self._reactor, self._sentinel, self._sentinel_master, self._timeout
+            )
+        host, port, _, _, _ = parse_url(self.url)
+        return HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+
+    def _options(self) -> dict[str, Any]:
+        _, _, _, username, password = parse_url(self.url)
+        return connection_options(username, password, self._timeout)
+
+    @property
+    def wake_channel(self) -> str:
+        """Where this spool's scripts name the webhooks they stored events for."""
+        return self._keys + wakeups.CHANNEL
+
+    def watch(self, wake: Callable[[str], None]) -> None:
+        """
+        Call ``wake`` with a webhook's name whenever any process stores
+        events for it (`p2a_connector.redis_wakeups`), from now until the
+        spool closes; for a process that stores none itself.  A cluster
+        shard leaves this to its `ShardedSpool`.
+        """
+        if self._route is None and self._watcher is None:
+            self._watcher = wakeups.subscribe(
+                self._endpoint(), [self.wake_channel], wake, **self._options()
+            )
 
     def close(self) -> Deferred[None]:
         """Stop refreshing and close the connections."""
@@ -284,6 +308,9 @@ class RedisSpool(RedisCommands, Reassembly, TwoWay, DeadLetters):
     async def _disconnect(self) -> None:
         redis, self._redis = self._redis, None
         sentinel, self._sentinel = self._sentinel, None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await watcher.disconnect()
         if redis is not None:
             await redis.disconnect()
         if sentinel is not None:

@@ -42,9 +42,12 @@ from p2a_connector.spools import (
     spool_options,
 )
 
-# A dispatcher-only process is never woken by its own intake: it looks at
-# the shared spool this often instead.
+# A dispatcher-only process is never woken by its own intake: the receivers'
+# stores wake it through the spool (Spool.watch), and it looks at the shared
+# spool this often in case a wake-up is lost.
 DISPATCHER_POLL = 0.05
+# How soon a dispatcher looks once a receiver says it stored events.
+WOKEN_LOOK_WITHIN = 0.005
 
 
 class Connector(Service):
@@ -179,6 +182,9 @@ class Connector(Service):
             self._listen_admin()
         if self.role != "receiver":
             self.dispatcher.startService()
+        if self.role == "dispatcher":
+            # Nothing it stores wakes it: the receivers' stores do.
+            self.spool.watch(self._woken)
         if self.role != "dispatcher":
             self.binds.startService()
             self.sender.startService()
@@ -389,8 +395,18 @@ class Connector(Service):
             self.sender.wake()
 
     def _on_event(self, event) -> None:
+        self._wake(event.webhook)
+
+    def _wake(self, webhook: str) -> None:
         if self.dispatcher.running:
-            self.dispatcher.wake(event.webhook)
+            self.dispatcher.wake(webhook)
+
+    def _woken(self, webhook: str) -> None:
+        # A receiver publishes once per store, up to a thousand times a
+        # second per webhook; a look that waits a moment takes several
+        # stores' events in one read instead of one each.
+        if self.dispatcher.running:
+            self.dispatcher.wake(webhook, within=WOKEN_LOOK_WITHIN)
 
     @inlineCallbacks
     def _expire_orphans(self):

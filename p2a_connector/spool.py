@@ -175,6 +175,13 @@ class Spool(Protocol):
 
     def close(self) -> Deferred[None]: ...
 
+    def watch(self, wake: Callable[[str], None]) -> None:
+        """
+        Call ``wake`` with a webhook's name when another process stores
+        events for it, until the spool closes: a hint to look now, which
+        may come late or not at all.
+        """
+
     def store(self, item: Event | Segment) -> Deferred[Event | None]:
         """Errbacks with `SpoolLimit` for a segment past a bound."""
 

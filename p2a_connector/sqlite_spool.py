@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -210,6 +210,12 @@ class SqliteSpool(GroupCommit, TwoWay, DeadLetters):
         d.addCallback(lambda _: self._in_thread(self._disconnect))
         d.addBoth(self._stop_threads)
         return d
+
+    def watch(self, wake: Callable[[str], None]) -> None:
+        """
+        Nothing: one process stores and delivers, and its intake wakes its
+        dispatcher itself (`RedisSpool.watch` serves several).
+        """
 
     def _reactor_stopped(self) -> None:
         self._shutdown = None

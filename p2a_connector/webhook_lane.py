@@ -104,6 +104,7 @@ class Lane:
         self._random = random
         self._batch = batch
         self._idle_check = idle_check
+        self._drained = False
         self._running = False
         self._cancelling = False
         self._poller = Poller(reactor, self.look)
@@ -149,6 +150,11 @@ class Lane:
             return
         self._poller.run(self._look, self._look_failed)
 
+    def look_within(self, delay: float) -> None:
+        """`look` within ``delay`` seconds, one look for every call meanwhile."""
+        if self._running:
+            self._poller.soon(delay)
+
     async def _look(self) -> None:
         name = self.webhook.name
 
@@ -159,6 +165,7 @@ class Lane:
         held = self._held()
         now = self._reactor.seconds()
         events = await self._spool.due(now, wanted, held, webhook=name)
+        self._drained = len(events) < wanted
         if not self._running:
             return
         held = self._held()
@@ -213,16 +220,25 @@ class Lane:
         d.addErrback(self._failed, event)
         d.addBoth(self._finished, event)
 
-    def _finished(self, _: Any, event: PendingEvent) -> None:
+    def _finished(self, delivered: bool | None, event: PendingEvent) -> None:
+        # A delivery answered looked for the next event when its answer
+        # came; a retry or dead letter just recorded may change when the next
+        # look is due, and a post that ended unanswered frees its slot now.
+        unanswered = event.id in self._posting
         self._posting.discard(event.id)
         self.posts.pop(event.id, None)
-        self.look()
+        if unanswered or delivered is not True:
+            self.look()
 
     def _answered(self, event: PendingEvent) -> None:
         """The request is over: its slot may carry the next event."""
         if event.id in self._posting:
             self._posting.discard(event.id)
-            self.look()
+            if self._drained and self._idle_check <= ASK_NEXT_DUE_ABOVE:
+                self._fill()
+                self._poller.soon(self._idle_check)
+            else:
+                self.look()
 
     def _failed(self, failure: Failure, event: PendingEvent) -> None:
         if failure.check(CancelledError):
@@ -244,7 +260,8 @@ class Lane:
             )
         self._sleep(SPOOL_PAUSE)
 
-    async def _deliver(self, event: PendingEvent) -> None:
+    async def _deliver(self, event: PendingEvent) -> bool:
+        """Post and record the outcome; True once recorded as delivered."""
         attempt = event.attempt + 1
         started = self._reactor.seconds()
 
@@ -260,7 +277,7 @@ class Lane:
                     webhook=self.webhook.name,
                     attempt=attempt,
                 )
-                return
+                return False
             answer = "timeout" if failure.check(TimeoutError) else "error"
             elapsed = self._reactor.seconds() - started
             self._metrics.answered(answer, elapsed)
@@ -271,7 +288,7 @@ class Lane:
                 None,
                 _note(attempt, answer, elapsed),
             )
-            return
+            return False
 
         elapsed = self._reactor.seconds() - started
         self._answered(event)
@@ -303,13 +320,15 @@ class Lane:
                 status=status,
                 attempt=attempt,
             )
-        elif _retried(status):
+            return True
+        if _retried(status):
             retry_after = parse_retry_after(
                 answer.headers.get(b"retry-after"), self._reactor.seconds()
             )
             await self._retry(event, attempt, f"HTTP {status}", retry_after, note)
         else:
             await self._dead(event, attempt, f"HTTP {status}", note)
+        return False
 
     def _replies(self, event: PendingEvent, answer: Answer) -> replies.Answer:
         """The replies in a webhook's 2xx answer; what is wrong is logged."""

@@ -366,6 +366,30 @@ async def test_a_retry_is_posted_when_due_without_a_wake(spool, receiver, dispat
     assert 0.3 <= second.received_at - first.received_at < 2.0
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_lane_that_polls_often_posts_everything_one_slot_at_a_time(
+    spool, receiver, dispatch
+):
+    """
+    As in a dispatcher process, which polls often: once a look found the
+    stream empty, an answer does not look again (the poll or a wake does),
+    yet a retry, a burst beyond the concurrency, and an event stored later
+    are all posted.
+    """
+    receiver.script(503)
+    for number in range(5):
+        await spool.store(event(f"msg_{number}"))
+    dispatch(webhook(receiver, concurrency=1), idle_check=0.05)
+
+    await receiver.wait_for(6)
+    await spool.store(event("msg_later"))
+    await receiver.wait_for(7)
+    await eventually(lambda: spool.pending() == 0)
+
+    ids = [r.headers["webhook-id"] for r in receiver.requests]
+    assert sorted(set(ids)) == sorted({f"msg_{n}" for n in range(5)} | {"msg_later"})
+
+
 # --- shutdown ------------------------------------------------------------------
 
 

@@ -80,3 +80,35 @@ def test_cancel_forgets_the_timer():
     worker.poller.cancel()
     clock.advance(2)
     assert worker.wakes == 0
+
+
+def test_soon_brings_a_later_timer_forward_and_keeps_a_sooner_one():
+    clock = Clock()
+    worker = Worker(clock)
+    worker.poller.sleep(30)
+    worker.poller.soon(0.005)
+    worker.poller.soon(0.005)
+    clock.advance(0.004)
+    worker.poller.soon(0.005)
+    clock.advance(0.001)
+    assert worker.wakes == 1
+
+    worker.looks[0].callback(None)
+    worker.poller.sleep(0.001)
+    worker.poller.soon(1)
+    clock.advance(0.001)
+    assert worker.wakes == 2
+    assert clock.getDelayedCalls() == []
+
+
+def test_soon_during_a_look_makes_one_more_look_after_it():
+    clock = Clock()
+    worker = Worker(clock)
+    worker.look()
+    worker.poller.soon(0.005)
+    worker.poller.soon(0.005)
+
+    worker.looks[0].callback(None)
+
+    assert worker.started == 2
+    assert clock.getDelayedCalls() == []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+import txredisapi
 from redis_server import Cluster, RedisServer, Sentinel, available
 from test_end_to_end import (
     PHONE,
@@ -113,6 +114,53 @@ async def test_a_receiver_and_a_dispatcher_deliver_together(
     await until(lambda: len(events(receiver)) == 1, what="the event")
     await until(lambda: "delivered msg_" in dispatching.text(), what="its log line")
     assert "delivered msg_" not in receiving.text()
+
+
+async def wake_subscribers(redis) -> int:
+    """How many connections listen to the spool's wake-ups, on any channel."""
+    host, port = (
+        redis.seeds[0] if isinstance(redis, Cluster) else ("127.0.0.1", redis.port)
+    )
+    connection = await txredisapi.Connection(host, port, reconnect=False)
+    try:
+        channels = await connection.execute_command("PUBSUB", "CHANNELS", "*stored")
+        if not channels:
+            return 0
+        counts = await connection.execute_command("PUBSUB", "NUMSUB", *channels)
+        return sum(int(n) for n in counts[1::2])
+    finally:
+        await connection.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dispatcher_listens_for_the_receivers_stores(
+    daemons, smpp_simulator, receiver, redis
+):
+    """
+    A dispatcher process subscribes to the spool's wake-ups (one channel per
+    cluster shard), a receiver does not: its own stores wake nobody it runs.
+    """
+    receiving = daemons("receiver", smpp_simulator)
+    await bound(smpp_simulator, receiving)
+    assert await wake_subscribers(redis) == 0
+
+    dispatching = daemons("dispatcher")
+    shards = 4 if isinstance(redis, Cluster) else 1
+    subscribed = []
+
+    async def listening() -> bool:
+        subscribed.append(await wake_subscribers(redis))
+        return subscribed[-1] == shards
+
+    for _ in range(200):
+        if await listening():
+            break
+        await sleep(0.05)
+    assert subscribed[-1] == shards, dispatching.text()
+
+    part = traffic.split("woken", "gsm7", None)[0]
+    assert await deliver(smpp_simulator, part) == ESME_ROK
+    await until(lambda: len(events(receiver)) == 1, what="the event")
 
 
 @pytest_twisted.ensureDeferred

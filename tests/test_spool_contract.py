@@ -984,6 +984,91 @@ async def test_after_redis_restarts_events_are_kept_and_stores_work_again(
     await spool.close()
 
 
+# --- wake-ups between processes ----------------------------------------------
+
+
+async def _woken(names: list[str], count: int, timeout: float = 10.0) -> None:
+    waited = 0.0
+    while len(names) < count and waited < timeout:
+        await _tick(0.02)
+        waited += 0.02
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watching_spool_is_woken_by_what_another_stores(backend):
+    """
+    A watcher hears which webhooks another process stored events for: a
+    message on its own, one assembled from segments, a dead letter replayed.
+    The sqlite spool serves one process and has no one else to hear.
+    """
+    storing = await backend.open()
+    watching = await backend.open()
+    woken: list[str] = []
+    watching.watch(woken.append)
+    if backend.kind == "sqlite":
+        await storing.store(event("msg_alone"))
+        await _tick(0.1)
+        assert woken == []
+        return
+    # The subscription is made once connected; wait for it, by a wake-up.
+    await _until_subscribed(storing, woken)
+    woken.clear()
+
+    await storing.store(event("msg_alone"))
+    await storing.store(event("msg_elsewhere", webhook="other"))
+    await _woken(woken, 2)
+    assert sorted(woken) == ["app", "other"]
+
+    await storing.store(segment("r1", 1, 2))
+    assert await storing.store(segment("r1", 2, 2)) is not None
+    await _woken(woken, 3)
+    assert woken[2:] == ["app"]
+
+    (due,) = [
+        e for e in await storing.due(reactor.seconds(), 10) if e.id == "msg_alone"
+    ]
+    await storing.dead(due.id, 1, "gone")
+    await storing.replay([due.id])
+    await _woken(woken, 4)
+    assert woken[3:] == ["app"]
+
+
+async def _until_subscribed(storing, woken: list[str]) -> None:
+    """Store probes until one wakes the watcher (Redis may be coming back)."""
+    for number in range(100):
+        try:
+            await storing.store(event(f"msg_probe{number}"))
+        except SpoolError:
+            await _tick(0.1)
+            continue
+        await _woken(woken, 1, timeout=0.1)
+        if woken:
+            return
+    raise AssertionError("the watcher was never woken")
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_a_watcher_subscribes_again_after_redis_restarts(own_redis):
+    storing = RedisSpool(own_redis.url, Assembler(), reactor)
+    watching = RedisSpool(own_redis.url, Assembler(), reactor)
+    await storing.open()
+    await watching.open()
+    woken: list[str] = []
+    watching.watch(woken.append)
+    try:
+        await _until_subscribed(storing, woken)
+        own_redis.stop()
+        own_redis.start()
+        woken.clear()
+        await _until_subscribed(storing, woken)
+    finally:
+        await storing.close()
+        await watching.close()
+
+    assert set(woken) == {"app"}
+
+
 # --- two-way messaging: the outbound queue ---------------------------------------
 
 

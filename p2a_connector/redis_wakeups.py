@@ -1,0 +1,84 @@
+"""
+Wake-ups between the processes on one Redis spool.
+
+The scripts that store events end by publishing the names of the webhooks
+they stored events for, as one JSON array, on the spool's channel
+(``{p2a}:stored``; a cluster shard's on its own).  A process that stores
+nothing itself, a dispatcher, subscribes to it and looks at those webhooks
+at once instead of at its next poll, so an event waits for a post, not for
+a poll interval.
+
+A wake-up is a hint, never the record: one lost while the subscription
+reconnects, or published with nobody listening, only leaves the event to
+the poll, which finds every event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+import txredisapi
+from twisted.logger import Logger
+
+# The channel's name after the spool's key prefix; the Lua side is in
+# redis_scripts (counted).
+CHANNEL = "stored"
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    """Subscribes once connected (again after each reconnection)."""
+
+    log = Logger()
+
+    def connectionMade(self) -> Any:
+        # The library's connectionMade authenticates first, then fires.
+        made = super().connectionMade()
+        made.addCallback(self._subscribe)
+        return made
+
+    def _subscribe(self, _: Any) -> Any:
+        if not self.connected:
+            return None
+        subscribed = self.subscribe(list(self.factory.channels))
+        return subscribed.addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        # The poll still finds the events; the next connection tries again.
+        self.log.warn(
+            "cannot subscribe to the spool's wake-ups: {error}",
+            error=failure.getErrorMessage(),
+        )
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        try:
+            names = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(names, list):
+            return
+        for name in names:
+            if isinstance(name, str):
+                self.factory.wake(name)
+
+
+def subscribe(
+    endpoint: Any,
+    channels: Sequence[str],
+    wake: Callable[[str], None],
+    **options: Any,
+) -> Any:
+    """
+    A connection through ``endpoint`` subscribed to ``channels``, calling
+    ``wake`` with each webhook name published there, reconnecting on its
+    own; ``disconnect()`` ends it.
+    """
+    factory = txredisapi.RedisFactory(None, None, 1, isLazy=True, **options)
+    factory.protocol = _Subscriber
+    factory.channels = tuple(channels)
+    factory.wake = wake
+    # As the spool's own connection: back within a couple of seconds.
+    factory.maxDelay = 2.0
+    factory.startConnecting(endpoint)
+    return factory
