@@ -232,13 +232,19 @@ class Lane:
 
     def _answered(self, event: PendingEvent) -> None:
         """The request is over: its slot may carry the next event."""
-        if event.id in self._posting:
-            self._posting.discard(event.id)
-            if self._drained and self._idle_check <= ASK_NEXT_DUE_ABOVE:
-                self._fill()
-                self._poller.soon(self._idle_check)
-            else:
-                self.look()
+        if event.id not in self._posting:
+            return
+        self._posting.discard(event.id)
+        if not self._drained or self._idle_check > ASK_NEXT_DUE_ABOVE:
+            self.look()
+        elif self._running:
+            # A lane that polls this often (a dispatcher process's, woken by
+            # the receivers' stores) and last found its stream empty need not
+            # ask again for each answer: a wake-up or its poll will.  It only
+            # makes sure that poll is set, as a look at full concurrency set
+            # none.
+            self._fill()
+            self._poller.soon(self._idle_check)
 
     def _failed(self, failure: Failure, event: PendingEvent) -> None:
         if failure.check(CancelledError):
