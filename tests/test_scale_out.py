@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import txredisapi
+from conftest import whole_events_only
 from redis_server import Cluster, RedisServer, Sentinel, available
 from test_end_to_end import (
     PHONE,
@@ -32,8 +33,10 @@ from p2a_connector.harness import Daemon, config_text
 from p2a_connector.receiver import Reply
 from p2a_connector.redis_cluster import key_slot
 from p2a_connector.redis_shards import shard_of
+from p2a_connector.redis_spool import RedisSpool
 from p2a_connector.simulator import SMSCSimulator
 from p2a_connector.smpp_status import ESME_ROK
+from p2a_connector.spool import Event, SpoolError
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="no redis-server binary on this machine"
@@ -418,6 +421,59 @@ async def test_sentinel_failover_and_delivery_continues(
         sentinel.stop()
         replica.stop()
         master.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wake_ups_come_through_sentinel_before_and_after_a_failover(tmp_path):
+    """
+    A watching spool found its master through Sentinel; once the master
+    dies and a replica is promoted, it subscribes on the new master and
+    hears the stores made there.
+    """
+    master = RedisServer(tmp_path / "master")
+    master.start()
+    replica = RedisServer(tmp_path / "replica", replica_of=master.port)
+    replica.start()
+    sentinel = Sentinel(tmp_path / "sentinel", master.port)
+    sentinel.start()
+    await sleep(1.5)
+    options = {"sentinels": [("127.0.0.1", sentinel.port)], "timeout": 0.5}
+    url = "redis://127.0.0.1:6379/0"
+    storing = RedisSpool(url, whole_events_only, reactor, **options)
+    watching = RedisSpool(url, whole_events_only, reactor, **options)
+    woken: list[str] = []
+    try:
+        await storing.open()
+        await watching.open()
+        watching.watch(woken.append)
+        await woken_by_a_store(storing, woken, "before")
+
+        master.kill()
+        woken.clear()
+        await woken_by_a_store(storing, woken, "after", attempts=120)
+    finally:
+        await storing.close()
+        await watching.close()
+        sentinel.stop()
+        replica.stop()
+        master.stop()
+
+    assert set(woken) == {"app"}
+
+
+async def woken_by_a_store(storing, woken: list[str], name: str, attempts: int = 60):
+    """Store events until the watcher hears of one (Redis may be failing over)."""
+    for number in range(attempts):
+        event = Event(f"msg_{name}{number}", "message.received", "app", b"{}", 1.0)
+        try:
+            await storing.store(event)
+        except SpoolError:
+            await sleep(0.25)
+            continue
+        await sleep(0.1)
+        if woken:
+            return
+    raise AssertionError(f"no wake-up {name} the failover")
 
 
 @pytest_twisted.ensureDeferred
