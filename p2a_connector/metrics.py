@@ -112,6 +112,12 @@ class Metrics:
         self.spool_errors = {
             operation: spool_errors.labels(operation) for operation in SPOOL_OPERATIONS
         }
+        self.wakeups = Counter(
+            "p2a_wakeups_total",
+            "Wake-ups a dispatcher process heard: a receiver's store naming "
+            "one of its webhooks (Redis Pub/Sub).",
+            registry=registry,
+        )
         self._spool_refusals = Counter(
             "p2a_spool_refusals_total",
             "MO PDUs answered with the busy status because a spool limit was "

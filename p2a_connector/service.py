@@ -405,6 +405,7 @@ class Connector(Service):
         # A receiver publishes once per store, up to a thousand times a
         # second per webhook; a look that waits a moment takes several
         # stores' events in one read instead of one each.
+        self.metrics.wakeups.inc()
         if self.dispatcher.running:
             self.dispatcher.wake(webhook, within=WOKEN_LOOK_WITHIN)
 

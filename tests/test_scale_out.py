@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+import treq
 import txredisapi
 from conftest import whole_events_only
 from redis_server import Cluster, RedisServer, Sentinel, available
 from test_end_to_end import (
     PHONE,
     SHORT_CODE,
+    admin_url,
     bound,
     cli,
     deliver,
@@ -164,6 +166,8 @@ async def test_a_dispatcher_listens_for_the_receivers_stores(
     part = traffic.split("woken", "gsm7", None)[0]
     assert await deliver(smpp_simulator, part) == ESME_ROK
     await until(lambda: len(events(receiver)) == 1, what="the event")
+    metrics = await (await treq.get(admin_url(dispatching) + "metrics")).text()
+    assert "p2a_wakeups_total 1.0" in metrics
 
 
 @pytest_twisted.ensureDeferred
