@@ -227,8 +227,9 @@ def build_event(
     The event for one message from the records of its segments.
 
     The records may come in any order, repeat a segment, or (when
-    ``complete`` is false) lack some; any may come as its `part_of`.  The first segment present supplies
-    the addresses and SMPP fields; the text joins every segment present.
+    ``complete`` is false) lack some; any may come as its `part_of`.  The
+    first segment present supplies the addresses and SMPP fields; the text
+    joins every segment present.
 
     :param options: how the bind's SMSC writes text; the defaults when None.
     :returns: the event type and its envelope.

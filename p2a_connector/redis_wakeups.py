@@ -5,8 +5,8 @@ The scripts that store events end by publishing the names of the webhooks
 they stored events for, as one JSON array, on the spool's channel
 (``{p2a}:stored``; a cluster shard's on its own).  A process that stores
 nothing itself, a dispatcher, subscribes to it and looks at those webhooks
-at once instead of at its next poll, so an event waits for a post, not for
-a poll interval.
+within a few milliseconds instead of at its next poll, so an event waits
+for a post, not for a poll interval.
 
 A wake-up is a hint, never the record: one lost while the subscription
 reconnects, or published with nobody listening, only leaves the event to
