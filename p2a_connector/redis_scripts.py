@@ -158,7 +158,9 @@ local function counted(prefix, status, extra)
   if next(stored_for) then
     local names = {}
     for webhook in pairs(stored_for) do names[#names + 1] = webhook end
-    redis.call('PUBLISH', prefix .. 'stored', cjson.encode(names))
+    -- A hint: refused (an ACL without the channel), it must not fail the
+    -- writes before it.
+    redis.pcall('PUBLISH', prefix .. 'stored', cjson.encode(names))
     stored_for = {}
   end
   return {status, cjson.encode(redis.call('HGETALL', prefix .. 'counts')),

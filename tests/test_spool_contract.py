@@ -1069,6 +1069,52 @@ async def test_a_watcher_subscribes_again_after_redis_restarts(own_redis):
     assert set(woken) == {"app"}
 
 
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_a_user_without_the_channel_still_stores_and_is_not_woken(own_redis):
+    """
+    Under a Redis ACL that grants the keys but not the wake-up channel, the
+    scripts' PUBLISH is refused: the stores must still succeed (the
+    dispatchers then find the events at their poll).
+    """
+    admin = await txredisapi.Connection("127.0.0.1", own_redis.port, reconnect=False)
+    try:
+        await admin.execute_command(
+            "ACL",
+            "SETUSER",
+            "keysonly",
+            "on",
+            ">secret",
+            "~*",
+            "+@all",
+            "resetchannels",
+        )
+    finally:
+        await admin.disconnect()
+    url = f"redis://keysonly:secret@127.0.0.1:{own_redis.port}/0"
+    storing = RedisSpool(url, Assembler(), reactor)
+    watching = RedisSpool(url, Assembler(), reactor)
+    await storing.open()
+    await watching.open()
+    woken: list[str] = []
+    try:
+        watching.watch(woken.append)
+        await _tick(0.2)
+        stored = await storing.store(event("msg_acl"))
+        await storing.store(segment("r1", 1, 2))
+        completed = await storing.store(segment("r1", 2, 2))
+        await _tick(0.2)
+        due = await watching.due(reactor.seconds(), 10)
+    finally:
+        await storing.close()
+        await watching.close()
+
+    assert stored.id == "msg_acl"
+    assert completed.id == "msg_r1"
+    assert {e.id for e in due} == {"msg_acl", "msg_r1"}
+    assert woken == []
+
+
 # --- two-way messaging: the outbound queue ---------------------------------------
 
 
