@@ -399,10 +399,9 @@ async def failover_keeps_delivering(
             await process.kill()
 
 
-@pytest_twisted.ensureDeferred
-async def test_sentinel_failover_and_delivery_continues(
-    tmp_path, smpp_simulator, receiver
-):
+@pytest_twisted.async_yield_fixture
+async def watched_master(tmp_path):
+    """A master, its replica and a Sentinel watching them: (master, sentinel)."""
     master = RedisServer(tmp_path / "master")
     master.start()
     replica = RedisServer(tmp_path / "replica", replica_of=master.port)
@@ -412,35 +411,37 @@ async def test_sentinel_failover_and_delivery_continues(
     # A new Sentinel answers at once but needs a moment of talking to the
     # master and its replica before it will name the master to clients.
     await sleep(1.5)
-    try:
-        await failover_keeps_delivering(
-            tmp_path,
-            smpp_simulator,
-            receiver,
-            master.kill,
-            redis_url="redis://127.0.0.1:6379/0",
-            spool_extra=f'sentinels = ["127.0.0.1:{sentinel.port}"]',
-        )
-    finally:
-        sentinel.stop()
-        replica.stop()
-        master.stop()
+    yield master, sentinel
+    sentinel.stop()
+    replica.stop()
+    master.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_wake_ups_come_through_sentinel_before_and_after_a_failover(tmp_path):
+async def test_sentinel_failover_and_delivery_continues(
+    tmp_path, smpp_simulator, receiver, watched_master
+):
+    master, sentinel = watched_master
+    await failover_keeps_delivering(
+        tmp_path,
+        smpp_simulator,
+        receiver,
+        master.kill,
+        redis_url="redis://127.0.0.1:6379/0",
+        spool_extra=f'sentinels = ["127.0.0.1:{sentinel.port}"]',
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_wake_ups_come_through_sentinel_before_and_after_a_failover(
+    watched_master,
+):
     """
     A watching spool found its master through Sentinel; once the master
     dies and a replica is promoted, it subscribes on the new master and
     hears the stores made there.
     """
-    master = RedisServer(tmp_path / "master")
-    master.start()
-    replica = RedisServer(tmp_path / "replica", replica_of=master.port)
-    replica.start()
-    sentinel = Sentinel(tmp_path / "sentinel", master.port)
-    sentinel.start()
-    await sleep(1.5)
+    master, sentinel = watched_master
     options = {"sentinels": [("127.0.0.1", sentinel.port)], "timeout": 0.5}
     url = "redis://127.0.0.1:6379/0"
     storing = RedisSpool(url, whole_events_only, reactor, **options)
@@ -458,9 +459,6 @@ async def test_wake_ups_come_through_sentinel_before_and_after_a_failover(tmp_pa
     finally:
         await storing.close()
         await watching.close()
-        sentinel.stop()
-        replica.stop()
-        master.stop()
 
     assert set(woken) == {"app"}
 
