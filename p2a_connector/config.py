@@ -229,6 +229,10 @@ class AdminConfig:
     token: str | None = attrs.field(default=None, repr=False)
 
 
+# The ports the admin endpoint may listen on, [admin] port or --admin-port;
+# 0: any free one.
+ADMIN_PORTS = range(65536)
+
 # Long enough not to be guessed by trying.
 MIN_ADMIN_TOKEN = 16
 

@@ -19,6 +19,7 @@ import attrs
 
 from p2a_connector.alphabets import DecodeOptions
 from p2a_connector.config import (
+    ADMIN_PORTS,
     ALPHABETS,
     BIND_MODES,
     BUSY_STATUSES,
@@ -534,7 +535,7 @@ def _overrides(s: _Section) -> tuple[tuple[int, str], ...]:
 
 def _admin(s: _Section) -> AdminConfig:
     port = s.get("port", int, 8790)
-    if not 0 <= port < 65536:
+    if port not in ADMIN_PORTS:
         raise ConfigError(
             f"{s.key('port')}: {port} is not a TCP port (0: any free one)"
         )

@@ -10,7 +10,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from p2a_connector import config, logs
-from p2a_connector.config import ROLES, ConfigError
+from p2a_connector.config import ADMIN_PORTS, ROLES, ConfigError
 
 
 class Options(usage.Options):
@@ -72,7 +72,7 @@ def _admin_port(given: str | None) -> int | None:
         port = int(given)
     except ValueError:
         port = -1
-    if not 0 <= port < 65536:
+    if port not in ADMIN_PORTS:
         raise usage.UsageError(
             f"--admin-port {given!r} is not a TCP port (0: any free one)"
         )
