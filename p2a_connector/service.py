@@ -397,17 +397,16 @@ class Connector(Service):
     def _on_event(self, event) -> None:
         self._wake(event.webhook)
 
-    def _wake(self, webhook: str) -> None:
+    def _wake(self, webhook: str, within: float = 0.0) -> None:
         if self.dispatcher.running:
-            self.dispatcher.wake(webhook)
+            self.dispatcher.wake(webhook, within=within)
 
     def _woken(self, webhook: str) -> None:
         # A receiver publishes once per store, up to a thousand times a
         # second per webhook; a look that waits a moment takes several
         # stores' events in one read instead of one each.
         self.metrics.wakeups.inc()
-        if self.dispatcher.running:
-            self.dispatcher.wake(webhook, within=WOKEN_LOOK_WITHIN)
+        self._wake(webhook, within=WOKEN_LOOK_WITHIN)
 
     @inlineCallbacks
     def _expire_orphans(self):
