@@ -27,6 +27,7 @@ from test_end_to_end import (
     sleep,
     until,
 )
+from test_spool_contract import woken_by_a_store
 from twisted.internet import reactor, utils
 
 from p2a_connector import traffic
@@ -38,7 +39,6 @@ from p2a_connector.redis_shards import shard_of
 from p2a_connector.redis_spool import RedisSpool
 from p2a_connector.simulator import SMSCSimulator
 from p2a_connector.smpp_status import ESME_ROK
-from p2a_connector.spool import Event, SpoolError
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="no redis-server binary on this machine"
@@ -451,31 +451,16 @@ async def test_wake_ups_come_through_sentinel_before_and_after_a_failover(
         await storing.open()
         await watching.open()
         watching.watch(woken.append)
-        await woken_by_a_store(storing, woken, "before")
+        await woken_by_a_store(storing, woken)
 
         master.kill()
         woken.clear()
-        await woken_by_a_store(storing, woken, "after", attempts=120)
+        await woken_by_a_store(storing, woken, attempts=120)
     finally:
         await storing.close()
         await watching.close()
 
     assert set(woken) == {"app"}
-
-
-async def woken_by_a_store(storing, woken: list[str], name: str, attempts: int = 60):
-    """Store events until the watcher hears of one (Redis may be failing over)."""
-    for number in range(attempts):
-        event = Event(f"msg_{name}{number}", "message.received", "app", b"{}", 1.0)
-        try:
-            await storing.store(event)
-        except SpoolError:
-            await sleep(0.25)
-            continue
-        await sleep(0.1)
-        if woken:
-            return
-    raise AssertionError(f"no wake-up {name} the failover")
 
 
 @pytest_twisted.ensureDeferred

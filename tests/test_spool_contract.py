@@ -4,6 +4,7 @@ the Redis spool promises: several instances sharing it, Redis going away and
 coming back.
 """
 
+import itertools
 import json
 import os
 
@@ -1011,7 +1012,7 @@ async def test_a_watching_spool_is_woken_by_what_another_stores(backend):
         assert woken == []
         return
     # The subscription is made once connected; wait for it, by a wake-up.
-    await _until_subscribed(storing, woken)
+    await woken_by_a_store(storing, woken)
     woken.clear()
 
     await storing.store(event("msg_alone"))
@@ -1033,11 +1034,17 @@ async def test_a_watching_spool_is_woken_by_what_another_stores(backend):
     assert woken[3:] == ["app"]
 
 
-async def _until_subscribed(storing, woken: list[str]) -> None:
-    """Store probes until one wakes the watcher (Redis may be coming back)."""
-    for number in range(100):
+_probes = itertools.count()
+
+
+async def woken_by_a_store(storing, woken: list[str], attempts: int = 100) -> None:
+    """
+    Store probes, each a new event, until one wakes the watcher (Redis may
+    be coming back, or failing over).
+    """
+    for _ in range(attempts):
         try:
-            await storing.store(event(f"msg_probe{number}"))
+            await storing.store(event(f"msg_probe{next(_probes)}"))
         except SpoolError:
             await _tick(0.1)
             continue
@@ -1057,11 +1064,11 @@ async def test_a_watcher_subscribes_again_after_redis_restarts(own_redis):
     woken: list[str] = []
     watching.watch(woken.append)
     try:
-        await _until_subscribed(storing, woken)
+        await woken_by_a_store(storing, woken)
         own_redis.stop()
         own_redis.start()
         woken.clear()
-        await _until_subscribed(storing, woken)
+        await woken_by_a_store(storing, woken)
     finally:
         await storing.close()
         await watching.close()
