@@ -53,13 +53,22 @@ def connect(endpoint: Any, name: str, db: int | None, **options: Any) -> Any:
     One lazily connected, pipelined Redis connection through ``endpoint``,
     reconnecting on its own; what every command of the spool goes through.
     """
+    factory = reconnecting(_Protocol, name, db, **options)
+    factory.startConnecting(endpoint)
+    return factory.handler
+
+
+def reconnecting(protocol: type, name: Any, db: int | None, **options: Any) -> Any:
+    """
+    A txredisapi factory of one lazy connection speaking ``protocol``,
+    connecting again on its own once started (``startConnecting``).
+    """
     factory = txredisapi.RedisFactory(name, db, 1, isLazy=True, **options)
-    factory.protocol = _Protocol
+    factory.protocol = protocol
     # Redis coming back is noticed within a couple of seconds, not the
     # ten the library would wait at most between attempts.
     factory.maxDelay = 2.0
-    factory.startConnecting(endpoint)
-    return factory.handler
+    return factory
 
 
 def _text(value: Any) -> str:

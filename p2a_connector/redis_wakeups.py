@@ -22,6 +22,8 @@ import orjson
 import txredisapi
 from twisted.logger import Logger
 
+from p2a_connector.redis_commands import reconnecting
+
 # The channel's name after the spool's key prefix; the Lua side is in
 # redis_scripts (counted).
 CHANNEL = "stored"
@@ -74,11 +76,8 @@ def subscribe(
     ``wake`` with each webhook name published there, reconnecting on its
     own; ``disconnect()`` ends it.
     """
-    factory = txredisapi.RedisFactory(None, None, 1, isLazy=True, **options)
-    factory.protocol = _Subscriber
+    factory = reconnecting(_Subscriber, None, None, **options)
     factory.channels = tuple(channels)
     factory.wake = wake
-    # As the spool's own connection: back within a couple of seconds.
-    factory.maxDelay = 2.0
     factory.startConnecting(endpoint)
     return factory
