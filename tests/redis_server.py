@@ -22,10 +22,20 @@ def available() -> bool:
     return shutil.which("redis-server") is not None
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: all held at once while chosen."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for each in sockets:
+            each.bind(("127.0.0.1", 0))
+        return [each.getsockname()[1] for each in sockets]
+    finally:
+        for each in sockets:
+            each.close()
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class _PortTaken(RuntimeError):

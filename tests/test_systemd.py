@@ -8,7 +8,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import treq
+from redis_server import free_ports
 from test_end_to_end import bound, deliver, events, until
 from twisted.internet import reactor
 
@@ -223,17 +223,6 @@ def unit_options(unit: Path, instance: str = "", role: str | None = None) -> tup
         "/etc/p2a-connector/connector.toml",
     ], command
     return tuple(words[6:])
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for each in sockets:
-            each.bind(("127.0.0.1", 0))
-        return [each.getsockname()[1] for each in sockets]
-    finally:
-        for each in sockets:
-            each.close()
 
 
 async def status(port: int) -> dict:
