@@ -41,8 +41,9 @@ SPOOL_PAUSE = 5.0
 
 # A lane that looks at least this often anyway (a dispatcher-only process
 # polls every 50 ms) does not ask when the next event is due: a retry found
-# by the next poll is late by less than the question would cost, once per
-# delivery.
+# by the next poll is late by less than the question would cost.  One that
+# looks seldom asks once per idle check, and after each retry or dead letter
+# of its own.
 ASK_NEXT_DUE_ABOVE = 0.5
 
 
@@ -105,6 +106,9 @@ class Lane:
         self._batch = batch
         self._idle_check = idle_check
         self._drained = False
+        # When the lane must look anyway, as the spool last said (the next
+        # retry due, or the idle check); None until it is asked again.
+        self._look_by: float | None = None
         self._running = False
         self._cancelling = False
         self._poller = Poller(reactor, self.look)
@@ -114,6 +118,7 @@ class Lane:
     def start(self) -> None:
         self._running = True
         self._cancelling = False
+        self._look_by = None
         self.look()
 
     def stop(self) -> None:
@@ -174,12 +179,27 @@ class Lane:
         if len(self._posting) >= concurrency:
             return
 
-        delay = self._idle_check
-        if delay > ASK_NEXT_DUE_ABOVE:
-            next_at = await self._spool.next_due(webhook=name, exclude=self._held())
-            if next_at is not None:
-                delay = min(next_at - self._reactor.seconds(), delay)
-        self._sleep(delay)
+        if self._idle_check > ASK_NEXT_DUE_ABOVE:
+            await self._ask_next_due()
+            self._sleep(self._look_by - self._reactor.seconds())
+        else:
+            self._sleep(self._idle_check)
+
+    async def _ask_next_due(self) -> None:
+        """
+        Learn when to look next, unless that is known: only this lane's own
+        retries and dead letters bring it sooner, and they forget it.  An
+        event stored meanwhile wakes the lane; one another instance gives up
+        is claimable by the next look.
+        """
+        now = self._reactor.seconds()
+        if self._look_by is not None and self._look_by > now:
+            return
+        next_at = await self._spool.next_due(
+            webhook=self.webhook.name, exclude=self._held()
+        )
+        look_by = now + self._idle_check
+        self._look_by = look_by if next_at is None else min(next_at, look_by)
 
     def _held(self) -> set[str]:
         """Every event this lane holds: posting, recording or ready."""
@@ -227,6 +247,8 @@ class Lane:
         unanswered = event.id in self._posting
         self._posting.discard(event.id)
         self.posts.pop(event.id, None)
+        if delivered is not True:
+            self._look_by = None
         if unanswered or delivered is not True:
             self.look()
 
@@ -235,16 +257,23 @@ class Lane:
         if event.id not in self._posting:
             return
         self._posting.discard(event.id)
-        if not self._drained or self._idle_check > ASK_NEXT_DUE_ABOVE:
+        if self._idle_check <= ASK_NEXT_DUE_ABOVE:
+            look_in: float | None = self._idle_check
+        elif self._look_by is not None:
+            look_in = self._look_by - self._reactor.seconds()
+        else:
+            look_in = None
+        if not self._drained or look_in is None:
             self.look()
         elif self._running:
-            # A lane that polls this often (a dispatcher process's, woken by
-            # the receivers' stores) and last found its stream empty need not
-            # ask again for each answer: a wake-up or its poll will.  It only
-            # makes sure that poll is set, as a look at full concurrency set
+            # A lane whose last look found its stream empty need not ask
+            # again for each answer: whatever stores an event wakes it (its
+            # own intake, or for a dispatcher's the receivers' stores), and
+            # it knows when its next retry or poll is due.  It only makes
+            # sure that its timer is set, as a look at full concurrency set
             # none.
             self._fill()
-            self._poller.soon(self._idle_check)
+            self._poller.soon(look_in)
 
     def _failed(self, failure: Failure, event: PendingEvent) -> None:
         if failure.check(CancelledError):

@@ -13,6 +13,9 @@ from email.utils import formatdate
 
 import pytest
 import pytest_twisted
+from conftest import whole_events_only
+from redis_server import available
+from test_spool_contract import Watched, _command_calls
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs, formatEvent
@@ -364,6 +367,42 @@ async def test_a_retry_is_posted_when_due_without_a_wake(spool, receiver, dispat
 
     first, second = receiver.requests
     assert 0.3 <= second.received_at - first.received_at < 2.0
+
+
+@pytest.mark.skipif(not available(), reason="no redis-server binary on this machine")
+@pytest_twisted.ensureDeferred
+async def test_one_event_at_a_time_costs_redis_three_scripts_each(
+    redis_server, receiver
+):
+    """
+    The usual load, events one at a time: Redis runs a script to store
+    each, one to hand it out and one to record its delivery.  The lane asks
+    when its next event is due once per idle check or outcome other than a
+    delivery, not for every look, and an answer after a look that found the
+    stream empty looks no more.
+    """
+    watched = Watched(redis_server, whole_events_only)
+    spool = watched.spool
+    await spool.open()
+    dispatcher = Dispatcher(spool, [webhook(receiver)], reactor, schedule=FAST)
+    dispatcher.startService()
+    try:
+        await spool.store(event("msg_first"))
+        await receiver.wait_for(1)
+        await eventually(lambda: spool.pending() == 0)
+
+        before = (await _command_calls(watched.stats))["evalsha"]
+        for number in range(10):
+            await spool.store(event(f"msg_{number}"))
+            dispatcher.wake("app")
+            await eventually(lambda: spool.pending() == 0)
+        scripts = (await _command_calls(watched.stats))["evalsha"] - before
+    finally:
+        await dispatcher.stopService()
+        await watched.close()
+
+    assert len(receiver.requests) == 11
+    assert scripts == 3 * 10
 
 
 @pytest_twisted.ensureDeferred

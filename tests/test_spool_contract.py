@@ -1569,10 +1569,10 @@ class Watched:
     """A Redis spool of its own prefix, and a connection of the test's to the
     same Redis, to see what the spool's commands did."""
 
-    def __init__(self, redis_server):
+    def __init__(self, redis_server, assembler=None):
         self.prefix = f"t{os.urandom(4).hex()}"
         self.spool = RedisSpool(
-            redis_server.url, Assembler(), reactor, prefix=self.prefix
+            redis_server.url, assembler or Assembler(), reactor, prefix=self.prefix
         )
         self.stats = txredisapi.lazyConnection("127.0.0.1", redis_server.port)
 
@@ -1580,14 +1580,17 @@ class Watched:
         """The spool's key ``name``, with its hash tag."""
         return "{" + self.prefix + "}:" + name
 
+    async def close(self) -> None:
+        await self.stats.disconnect()
+        await self.spool.close()
+
 
 @pytest_twisted.async_yield_fixture
 async def watched(redis_server):
     watched = Watched(redis_server)
     await watched.spool.open()
     yield watched
-    await watched.stats.disconnect()
-    await watched.spool.close()
+    await watched.close()
 
 
 @needs_redis
