@@ -85,6 +85,11 @@ from redis_server import Cluster, RedisServer, available
 
 SHORT_CODE = Address("88000", 3, 0)
 _PERCENTILES = (50, 90, 99)
+# The receivers' listen backlog, as a web server's would be (nginx 511,
+# gunicorn 2048).  Twisted's 50 is under the 64 connections a lane opens
+# at once: the SYNs past it were dropped and sent again a second later,
+# which showed as webhook latencies of about 1,050 ms.
+RECEIVER_BACKLOG = 1024
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -232,7 +237,9 @@ def serve_receiver(args: argparse.Namespace) -> None:
         factory = protocol.Factory.forProtocol(lambda: LeanHTTP(collector))
     else:
         factory = _QuietSite(collector)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port = reactor.listenTCP(
+        0, factory, backlog=RECEIVER_BACKLOG, interface="127.0.0.1"
+    )
 
     def dump(*_: Any) -> None:
         try:
@@ -581,7 +588,9 @@ async def _run(reactor, args, deadline, work, messages, texts, redis) -> int:
         collector = Collector(
             TEST_SECRET, args.sample, args.messages, lambda: complete.callback(None)
         )
-        listening = reactor.listenTCP(0, _QuietSite(collector), interface="127.0.0.1")
+        listening = reactor.listenTCP(
+            0, _QuietSite(collector), backlog=RECEIVER_BACKLOG, interface="127.0.0.1"
+        )
         receiver_port = listening.getHost().port
 
     # The SMSC and the daemon processes.
