@@ -209,14 +209,18 @@ class ShardedSpool:
 
     def watch(self, wake: Callable[[str], None]) -> None:
         """
-        `RedisSpool.watch` for every shard, on one connection to the first
-        seed: a cluster passes each message published on one node to all.
-        While that node is down, the poll alone finds new events.
+        `RedisSpool.watch` for every shard, on one connection to a seed: a
+        cluster passes each message published on one node to all.  When
+        that node goes down, the connection moves to the next seed that
+        answers; meanwhile the poll alone finds new events.
         """
         if self._watcher is None:
-            host, port = self.cluster.seeds[0]
+            seeds = wakeups.InTurn(
+                HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+                for host, port in self.cluster.seeds
+            )
             self._watcher = wakeups.subscribe(
-                HostnameEndpoint(self._reactor, host, port, timeout=self._timeout),
+                seeds,
                 [shard.wake_channel for shard in self.shards],
                 wake,
                 **self._options,

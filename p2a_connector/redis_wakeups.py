@@ -15,12 +15,15 @@ the poll, which finds every event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
 import txredisapi
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from p2a_connector.redis_commands import reconnecting
 
@@ -81,3 +84,37 @@ def subscribe(
     factory.wake = wake
     factory.startConnecting(endpoint)
     return factory
+
+
+@implementer(IStreamClientEndpoint)
+class InTurn:
+    """
+    Connects through the first of ``endpoints`` that takes the connection,
+    beginning with the one that last did: a subscription to a cluster,
+    where any node passes on what every other publishes, moves to another
+    node when its own goes down.
+    """
+
+    def __init__(self, endpoints: Iterable[Any]):
+        self._endpoints = tuple(endpoints)
+        if not self._endpoints:
+            raise ValueError("no endpoint to connect through")
+        self._first = 0
+
+    def connect(self, factory: Any) -> Deferred:
+        return Deferred.fromCoroutine(self._connect(factory))
+
+    async def _connect(self, factory: Any) -> Any:
+        count = len(self._endpoints)
+        for step in range(count):
+            index = (self._first + step) % count
+            try:
+                protocol = await self._endpoints[index].connect(factory)
+            except CancelledError:
+                raise
+            except Exception:
+                if step == count - 1:
+                    raise
+                continue
+            self._first = index
+            return protocol

@@ -35,7 +35,7 @@ from p2a_connector.conversation import conversation_key
 from p2a_connector.harness import Daemon, config_text
 from p2a_connector.receiver import Reply
 from p2a_connector.redis_cluster import key_slot
-from p2a_connector.redis_shards import shard_of
+from p2a_connector.redis_shards import ShardedSpool, shard_of
 from p2a_connector.redis_spool import RedisSpool
 from p2a_connector.simulator import SMSCSimulator
 from p2a_connector.smpp_status import ESME_ROK
@@ -459,6 +459,42 @@ async def test_wake_ups_come_through_sentinel_before_and_after_a_failover(
     finally:
         await storing.close()
         await watching.close()
+
+    assert set(woken) == {"app"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_cluster_wake_ups_move_to_another_node_when_theirs_fails(tmp_path):
+    """
+    A watching spool subscribes through the first seed; once that node
+    dies, it subscribes through another and hears the stores again, those
+    on the promoted replica's shards included.
+    """
+    cluster = Cluster(tmp_path / "cluster", masters=3, replicas=1)
+    try:
+        cluster.start()
+        options = {"shards": 4, "timeout": 0.5}
+        storing = ShardedSpool(
+            cluster.seeds, cluster.url, whole_events_only, reactor, **options
+        )
+        watching = ShardedSpool(
+            cluster.seeds, cluster.url, whole_events_only, reactor, **options
+        )
+        woken: list[str] = []
+        try:
+            await storing.open()
+            await watching.open()
+            watching.watch(woken.append)
+            await woken_by_a_store(storing, woken)
+
+            cluster.nodes[0].kill()
+            woken.clear()
+            await woken_by_a_store(storing, woken, attempts=120)
+        finally:
+            await storing.close()
+            await watching.close()
+    finally:
+        cluster.stop()
 
     assert set(woken) == {"app"}
 

@@ -12,9 +12,12 @@ import attrs
 import pytest
 import pytest_twisted
 import txredisapi
-from redis_server import RedisServer, available
+from redis_server import RedisServer, available, free_ports
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from p2a_connector import conversation
@@ -22,6 +25,7 @@ from p2a_connector.outbound import Outbound, reply_id
 from p2a_connector.redis_reassembly import HeldHere
 from p2a_connector.redis_shards import ShardedSpool
 from p2a_connector.redis_spool import RedisSpool
+from p2a_connector.redis_wakeups import InTurn
 from p2a_connector.spool import Event, Reassemblies, Segment, SpoolError, SpoolLimit
 from p2a_connector.sqlite_spool import SqliteSpool
 
@@ -1052,6 +1056,45 @@ async def woken_by_a_store(storing, woken: list[str], attempts: int = 100) -> No
         if woken:
             return
     raise AssertionError("the watcher was never woken")
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_turn_connects_through_the_first_endpoint_that_answers():
+    """What a cluster's wake-up subscription connects through: a node that
+    refuses is passed over, the one that answered is tried first next time,
+    and when none answers the last refusal is the failure."""
+    down, later_up, never_up = free_ports(3)
+    up = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    up_port = up.getHost().port
+    seeds = InTurn(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port) for port in (later_up, up_port)
+    )
+    nowhere = InTurn(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port) for port in (down, never_up)
+    )
+    ends = []
+
+    async def connect() -> None:
+        protocol = await seeds.connect(Factory.forProtocol(Protocol))
+        ends.append(protocol.transport.getPeer().port)
+        protocol.transport.abortConnection()
+
+    try:
+        await connect()
+        second = reactor.listenTCP(
+            later_up, Factory.forProtocol(Protocol), interface="127.0.0.1"
+        )
+        await connect()
+    finally:
+        await up.stopListening()
+    try:
+        await connect()
+        with pytest.raises(ConnectionRefusedError):
+            await nowhere.connect(Factory.forProtocol(Protocol))
+    finally:
+        await second.stopListening()
+
+    assert ends == [up_port, up_port, later_up]
 
 
 @needs_redis
