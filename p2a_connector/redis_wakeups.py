@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import txredisapi
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -110,7 +111,8 @@ class InTurn:
             index = (self._first + step) % count
             try:
                 protocol = await self._endpoints[index].connect(factory)
-            except CancelledError:
+            except (CancelledError, ConnectingCancelledError):
+                # Given up (the spool closing): no next endpoint.
                 raise
             except Exception:
                 if step == count - 1:

@@ -7,6 +7,7 @@ coming back.
 import itertools
 import json
 import os
+import socket
 
 import attrs
 import pytest
@@ -16,7 +17,7 @@ from redis_server import RedisServer, available, free_ports
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
@@ -1095,6 +1096,43 @@ async def test_in_turn_connects_through_the_first_endpoint_that_answers():
         await second.stopListening()
 
     assert ends == [up_port, up_port, later_up]
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_turn_cancelled_while_connecting_tries_no_further():
+    """A connection attempt given up (the spool closing while a node does
+    not answer) is not carried on to the next endpoint."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    # The one connection its accept queue holds: the next SYNs are dropped.
+    filler = socket.create_connection(full.getsockname())
+    made: list[Protocol] = []
+
+    class Made(Protocol):
+        def connectionMade(self) -> None:
+            made.append(self)
+
+    up = reactor.listenTCP(0, Factory.forProtocol(Made), interface="127.0.0.1")
+    seeds = InTurn(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=30)
+        for port in (full.getsockname()[1], up.getHost().port)
+    )
+    try:
+        connecting = seeds.connect(Factory.forProtocol(Protocol))
+        await _tick(0.2)
+        connecting.cancel()
+        with pytest.raises(ConnectingCancelledError):
+            await connecting
+        await _tick(0.2)
+    finally:
+        for protocol in made:
+            protocol.transport.abortConnection()
+        await up.stopListening()
+        filler.close()
+        full.close()
+
+    assert made == []
 
 
 @needs_redis
