@@ -16,6 +16,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import endpoints, ssl
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import (
     IAddress,
     IProtocol,
@@ -156,7 +157,9 @@ class BindService(Service):
         return failure
 
     def _connect_failed(self, failure: Failure) -> Failure:
-        if not failure.check(CancelledError):
+        # A connection given up as the service stops fails with the
+        # endpoint's ConnectingCancelledError, not CancelledError.
+        if not failure.check(CancelledError, ConnectingCancelledError):
             self.metrics.binds["failed"].inc()
         return failure
 

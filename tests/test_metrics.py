@@ -6,6 +6,7 @@ real spool at intake, and webhook posts to a real receiver.
 
 import base64
 import json
+import socket
 import tomllib
 
 import pytest
@@ -312,6 +313,32 @@ async def test_a_bind_that_cannot_connect_is_counted_failed(smpp_bind, services)
     await eventually(lambda: binds(metrics, "failed") >= 2)
 
     assert binds(metrics, "bound") == binds(metrics, "refused") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_given_up_at_stop_is_not_counted_failed(smpp_bind, services):
+    # An SMSC whose accept queue is full: the connection neither opens nor
+    # fails until the service stops and gives it up.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname())
+    metrics = Metrics()
+    service = BindService(
+        smpp_bind(port=full.getsockname()[1]),
+        lambda mo, s: succeed(ESME_ROK),
+        reactor,
+        metrics=metrics,
+    )
+    try:
+        service.startService()
+        await deferLater(reactor, 0.3, lambda: None)
+        await service.stopService()
+    finally:
+        filler.close()
+        full.close()
+
+    assert binds(metrics, "bound") == binds(metrics, "failed") == 0
 
 
 # --- the intake ---------------------------------------------------------------
