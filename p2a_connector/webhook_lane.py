@@ -108,7 +108,10 @@ class Lane:
         self._drained = False
         # When the lane must look anyway, as the spool last said (the next
         # retry due, or the idle check); None until it is asked again.
+        # `_recorded_outcomes` counts the retries and dead letters recorded,
+        # so an answer asked before one of them is not taken for after.
         self._look_by: float | None = None
+        self._recorded_outcomes = 0
         self._running = False
         self._cancelling = False
         self._poller = Poller(reactor, self.look)
@@ -181,7 +184,12 @@ class Lane:
 
         if self._idle_check > ASK_NEXT_DUE_ABOVE:
             await self._ask_next_due()
-            self._sleep(self._look_by - self._reactor.seconds())
+            look_by = self._look_by
+            if look_by is None:
+                # An outcome recorded meanwhile asked for the look after this.
+                self._sleep(self._idle_check)
+            else:
+                self._sleep(look_by - self._reactor.seconds())
         else:
             self._sleep(self._idle_check)
 
@@ -195,9 +203,14 @@ class Lane:
         now = self._reactor.seconds()
         if self._look_by is not None and self._look_by > now:
             return
+        recorded = self._recorded_outcomes
         next_at = await self._spool.next_due(
             webhook=self.webhook.name, exclude=self._held()
         )
+        if recorded != self._recorded_outcomes:
+            # A retry recorded while the spool answered was left out as held;
+            # its next attempt may come before this answer says.
+            return
         look_by = now + self._idle_check
         self._look_by = look_by if next_at is None else min(next_at, look_by)
 
@@ -249,6 +262,7 @@ class Lane:
         self.posts.pop(event.id, None)
         if delivered is not True:
             self._look_by = None
+            self._recorded_outcomes += 1
         if unanswered or delivered is not True:
             self.look()
 

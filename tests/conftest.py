@@ -1,16 +1,36 @@
 """Shared fixtures for the SMPP tests: a listening simulator and bind configs."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import pytest_twisted
 from redis_server import Cluster, RedisServer, available
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
+from twisted.logger import LogEvent, globalLogPublisher
 
 from p2a_connector.config import BindConfig
 from p2a_connector.receiver import Receiver
 from p2a_connector.simulator import SMSCSimulator
 from p2a_connector.sqlite_spool import SqliteSpool
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[LogEvent]]:
+    """
+    The events logged in the block, as Twisted's ``capturedLogs`` gives,
+    but the capture ends even when the block fails: Twisted's goes on, and
+    holds every event of every later test.
+    """
+    events: list[LogEvent] = []
+    observe = events.append
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observe)
 
 
 def whole_events_only(records: list[dict], complete: bool) -> tuple[str, str, bytes]:

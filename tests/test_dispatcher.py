@@ -13,17 +13,18 @@ from email.utils import formatdate
 
 import pytest
 import pytest_twisted
-from conftest import whole_events_only
+from conftest import captured_logs, whole_events_only
 from redis_server import available
 from test_spool_contract import Watched, _command_calls
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import formatEvent
 
 from p2a_connector.config import WebhookConfig
 from p2a_connector.dispatcher import Dispatcher
 from p2a_connector.receiver import Receiver, Reply
 from p2a_connector.spool import Event
+from p2a_connector.sqlite_spool import SqliteSpool
 from p2a_connector.webhook_http import (
     MAX_RETRY_AFTER,
     SCHEDULE,
@@ -224,7 +225,7 @@ async def test_every_outcome_is_logged_with_the_event_id(spool, receiver, dispat
     await spool.store(event("msg_2"))
     await spool.store(event("msg_3"))
 
-    with capturedLogs() as events:
+    with captured_logs() as events:
         dispatch(webhook(receiver, concurrency=1))
         await eventually(lambda: spool.pending() == 0)
 
@@ -403,6 +404,38 @@ async def test_one_event_at_a_time_costs_redis_three_scripts_each(
 
     assert len(receiver.requests) == 11
     assert scripts == 3 * 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_outcomes_recorded_while_the_lane_asks_what_is_due_next_are_not_missed(
+    tmp_path, receiver
+):
+    """
+    A lane that polls seldom asks when its next event is due, leaving out
+    the events it holds.  A retry recorded while the lane asks is unknown to
+    that answer: the lane must ask again, not sleep the idle check away.  A
+    spool that commits at once, not in groups, makes the two overlap most
+    often; whether they do is up to its thread, so this runs many rounds.
+    """
+    spool = SqliteSpool(
+        str(tmp_path / "spool.db"), whole_events_only, reactor, commit_interval=0
+    )
+    await spool.open()
+    dispatcher = Dispatcher(
+        spool, [webhook(receiver, concurrency=1)], reactor, schedule=FAST
+    )
+    dispatcher.startService()
+    try:
+        for round in range(20):
+            receiver.script(503)
+            await spool.store(event(f"msg_{round}"))
+            dispatcher.wake("app")
+            await eventually(lambda: spool.pending() == 0, timeout=2.0)
+    finally:
+        await dispatcher.stopService()
+        await spool.close()
+
+    assert len(receiver.requests) == 20 * 2
 
 
 @pytest_twisted.ensureDeferred

@@ -5,8 +5,8 @@ import tomllib
 
 import pytest
 import pytest_twisted
+from conftest import captured_logs
 from twisted.internet import reactor
-from twisted.logger import capturedLogs
 
 from p2a_connector import config, traffic
 from p2a_connector.intake import Intake, crockford, new_event_id
@@ -140,7 +140,7 @@ async def test_a_udh_overrunning_the_message_gets_its_error_status(intake):
 
 @pytest_twisted.ensureDeferred
 async def test_the_acknowledgement_is_logged_with_the_message_id(intake):
-    with capturedLogs() as events:
+    with captured_logs() as events:
         await intake.receive(bind(intake), mo(traffic.split("hi", "gsm7", None)[0]))
 
     (due,) = await intake.spool.due(reactor.seconds() + 1, 10)

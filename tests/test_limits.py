@@ -12,9 +12,9 @@ import tracemalloc
 
 import pytest
 import pytest_twisted
+from conftest import captured_logs
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
-from twisted.logger import capturedLogs
 
 from p2a_connector import config, traffic
 from p2a_connector.intake import Intake
@@ -263,7 +263,7 @@ async def test_a_new_reassembly_past_the_bound_is_answered_busy_and_logged(intak
     for reference in range(3):
         assert await intake.receive(bind(intake), parts(reference, 2)[0]) == ESME_ROK
 
-    with capturedLogs() as events:
+    with captured_logs() as events:
         status = await intake.receive(bind(intake), parts(3, 2)[0])
 
     assert status == THROTTLED
@@ -293,7 +293,7 @@ async def test_a_message_of_more_than_max_segments_parts_is_delivered_per_segmen
 ):
     oversized = parts(7, 9)
 
-    with capturedLogs() as events:
+    with captured_logs() as events:
         statuses = [await intake.receive(bind(intake), pdu) for pdu in oversized]
 
     assert statuses == [ESME_ROK] * 9
