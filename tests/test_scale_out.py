@@ -446,6 +446,18 @@ async def test_wake_ups_come_through_sentinel_before_and_after_a_failover(
     url = "redis://127.0.0.1:6379/0"
     storing = RedisSpool(url, whole_events_only, reactor, **options)
     watching = RedisSpool(url, whole_events_only, reactor, **options)
+
+    woken = await woken_before_and_after(storing, watching, master.kill)
+
+    assert set(woken) == {"app"}
+
+
+async def woken_before_and_after(storing, watching, failure) -> list[str]:
+    """
+    Open both spools, see a store wake the watching one, bring about the
+    ``failure``, and store until the watcher is woken again; what woke it
+    the second time.
+    """
     woken: list[str] = []
     try:
         await storing.open()
@@ -453,14 +465,13 @@ async def test_wake_ups_come_through_sentinel_before_and_after_a_failover(
         watching.watch(woken.append)
         await woken_by_a_store(storing, woken)
 
-        master.kill()
+        failure()
         woken.clear()
         await woken_by_a_store(storing, woken, attempts=120)
     finally:
         await storing.close()
         await watching.close()
-
-    assert set(woken) == {"app"}
+    return woken
 
 
 @pytest_twisted.ensureDeferred
@@ -480,19 +491,7 @@ async def test_cluster_wake_ups_move_to_another_node_when_theirs_fails(tmp_path)
         watching = ShardedSpool(
             cluster.seeds, cluster.url, whole_events_only, reactor, **options
         )
-        woken: list[str] = []
-        try:
-            await storing.open()
-            await watching.open()
-            watching.watch(woken.append)
-            await woken_by_a_store(storing, woken)
-
-            cluster.nodes[0].kill()
-            woken.clear()
-            await woken_by_a_store(storing, woken, attempts=120)
-        finally:
-            await storing.close()
-            await watching.close()
+        woken = await woken_before_and_after(storing, watching, cluster.nodes[0].kill)
     finally:
         cluster.stop()
 
