@@ -182,16 +182,14 @@ class Lane:
         if len(self._posting) >= concurrency:
             return
 
-        if self._idle_check > ASK_NEXT_DUE_ABOVE:
+        delay = self._idle_check
+        if delay > ASK_NEXT_DUE_ABOVE:
             await self._ask_next_due()
-            look_by = self._look_by
-            if look_by is None:
-                # An outcome recorded meanwhile asked for the look after this.
-                self._sleep(self._idle_check)
-            else:
-                self._sleep(look_by - self._reactor.seconds())
-        else:
-            self._sleep(self._idle_check)
+            # Still None if an outcome recorded meanwhile made the answer
+            # stale: that outcome asked for the look after this one.
+            if self._look_by is not None:
+                delay = self._look_by - self._reactor.seconds()
+        self._sleep(delay)
 
     async def _ask_next_due(self) -> None:
         """
